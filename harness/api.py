@@ -1,0 +1,350 @@
+"""The plugin API: what a model family and a metric promise each other and the runner.
+
+Flow, in one direction::
+
+    config -> ModelFamily -> CheckpointRef... -> (load once) Checkpoint
+           -> Metric.measure(context) by scope -> Measurement -> Record -> store -> tables
+
+A family knows how to list and load checkpoints; a metric knows how to turn a context into
+measurements. Neither knows the other: a metric only talks to the `Checkpoint` interface
+(fields, evaluation batches, per-example loss) and to earlier records and artifacts.
+
+This module is import-light on purpose (no torch): `harness ls` and `import harness` use it.
+
+Example (a metric plugin)::
+
+    class NormMetric(Metric):
+        '''Frobenius norm of every weight matrix.'''
+        name = "norm"
+        scopes = (Scope.CHECKPOINT,)
+
+        def measure(self, ctx):
+            for tensor_name, tensor in ctx.checkpoint.field("weights"):
+                yield Measurement("fro_norm", float(tensor.norm()), layer=tensor_name)
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
+    import torch
+
+__all__ = [
+    "Checkpoint",
+    "CheckpointContext",
+    "CheckpointRef",
+    "ConfigError",
+    "HarnessError",
+    "Measurement",
+    "Metric",
+    "ModelFamily",
+    "PairContext",
+    "ParameterError",
+    "Scope",
+    "SuiteContext",
+    "TrajectoryContext",
+]
+
+
+# ---- errors ---------------------------------------------------------------------------
+
+
+class HarnessError(Exception):
+    """A user-facing error: printed as one clear message, never as a traceback."""
+
+
+class ConfigError(HarnessError):
+    """The configuration cannot be used as given (unknown name, bad combination)."""
+
+
+class ParameterError(ConfigError):
+    """A plugin parameter has a value outside its allowed range.
+
+    Plugins raise it with the bare key; the runner prefixes the config group so the user
+    sees e.g. ``model.temperature=-1: must be > 0``.
+    """
+
+    def __init__(self, key: str, value: Any, allowed: str):
+        self.key, self.value, self.allowed = key, value, allowed
+        super().__init__(f"{key}={value!r}: allowed {allowed}")
+
+    def with_prefix(self, prefix: str) -> ParameterError:
+        return ParameterError(f"{prefix}.{self.key}" if prefix else self.key, self.value, self.allowed)
+
+
+def check_range(
+    key: str,
+    value: float,
+    low: float | None = None,
+    high: float | None = None,
+    *,
+    low_inclusive: bool = True,
+    high_inclusive: bool = True,
+) -> None:
+    """Raise `ParameterError` unless ``low <= value <= high`` (bounds optional)."""
+    lo_op, hi_op = (">=" if low_inclusive else ">"), ("<=" if high_inclusive else "<")
+    parts = []
+    if low is not None:
+        parts.append(f"{lo_op} {low:g}")
+    if high is not None:
+        parts.append(f"{hi_op} {high:g}")
+    allowed = " and ".join(parts) or "a finite number"
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ParameterError(key, value, f"a number {allowed}") from None
+    ok = math.isfinite(v)
+    if ok and low is not None:
+        ok = v >= low if low_inclusive else v > low
+    if ok and high is not None:
+        ok = v <= high if high_inclusive else v < high
+    if not ok:
+        raise ParameterError(key, value, allowed)
+
+
+def check_choice(key: str, value: Any, choices: Sequence[Any]) -> None:
+    """Raise `ParameterError` unless ``value`` is one of ``choices``."""
+    if value not in choices:
+        raise ParameterError(key, value, "one of " + ", ".join(map(str, choices)))
+
+
+# ---- scopes and checkpoints ------------------------------------------------------------
+
+
+class Scope(str, enum.Enum):
+    """When the runner calls a metric, and with what context."""
+
+    CHECKPOINT = "checkpoint"  # once per loaded checkpoint            -> CheckpointContext
+    PAIR = "pair"  # consecutive selected checkpoints of one model     -> PairContext
+    TRAJECTORY = "trajectory"  # once per model after all its checkpoints -> TrajectoryContext
+    SUITE = "suite"  # once per family: all sizes at aligned steps     -> SuiteContext
+
+
+@dataclass(frozen=True)
+class CheckpointRef:
+    """A checkpoint a family can load: cheap to create, carries identity and schedule facts.
+
+    ``model_id`` identifies one training run (one trajectory); ``size`` groups runs for
+    suite-scope metrics; ``step`` orders checkpoints within a run.
+    """
+
+    family: str
+    model_id: str
+    size: str
+    step: int
+    tokens_seen: int | None = None
+    learning_rate: float | None = None
+    revision: str | None = None
+    n_params: int | None = None
+    meta: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def label(self) -> str:
+        return self.revision or f"step{self.step}"
+
+
+class Checkpoint:
+    """A loaded checkpoint: the model plus lazily produced tensor fields and evaluation data.
+
+    Families subclass this. Every method has a default that says clearly what is missing,
+    so a metric that needs an unsupported capability produces a ``skipped`` record.
+
+    Field kinds (see design.md "Fields"): ``weights``, ``delta`` (to the previous selected
+    checkpoint, streamed tensor by tensor), ``gradient`` (raw gradients, stored or computed on
+    a fixed probe batch). A family may offer more kinds (e.g. Pico's ``train_gradients``).
+    """
+
+    def __init__(self, ref: CheckpointRef):
+        self.ref = ref
+
+    # -- model and evaluation -----------------------------------------------------------
+    @property
+    def model(self) -> torch.nn.Module:
+        raise NotImplementedError(f"family {self.ref.family!r} exposes no model object")
+
+    def eval_batches(self, split: str = "val") -> list[Any]:
+        """Fixed, seeded evaluation batches (identical for every checkpoint of the run)."""
+        raise NotImplementedError(f"family {self.ref.family!r} has no evaluation data")
+
+    def per_example_loss(self, batch: Any, model: torch.nn.Module | None = None) -> torch.Tensor:
+        """Unreduced loss on ``batch``: shape (B,) for classifiers, (B, S-1) per token for LMs.
+
+        ``model`` defaults to this checkpoint's model; metrics pass a copy they have updated
+        (one optimiser step) or a functional wrapper.
+        """
+        raise NotImplementedError(f"family {self.ref.family!r} defines no per-example loss")
+
+    def logits(self, batch: Any, model: torch.nn.Module | None = None) -> torch.Tensor:
+        """Raw output logits for ``batch`` (last dimension = classes / vocabulary)."""
+        raise NotImplementedError(f"family {self.ref.family!r} exposes no logits")
+
+    @property
+    def data_fingerprint(self) -> str | None:
+        """Hash of the evaluation data (dataset, split, example ids, length): provenance."""
+        return None
+
+    # -- tensor fields ----------------------------------------------------------------
+    def field_kinds(self) -> tuple[str, ...]:
+        return ()
+
+    def field(self, kind: str, modules: Sequence[str] | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+        """Yield ``(tensor_name, tensor)`` of field ``kind``, one tensor at a time.
+
+        ``modules`` are glob patterns on tensor names; None means the family's default set.
+        """
+        raise NotImplementedError(f"family {self.ref.family!r} offers no field {kind!r}")
+
+    def optimizer_state(self) -> Mapping[str, Any] | None:
+        """The optimiser state stored with the checkpoint, when the family has it."""
+        return None
+
+    def close(self) -> None:
+        """Release memory held by the loaded checkpoint."""
+
+
+class ModelFamily:
+    """A model family: lists checkpoints (sizes x steps) and loads them lazily.
+
+    Subclasses set ``name`` (the entry-point name) and take their parameters as keyword
+    arguments (the Hydra node ``model``), validating them in ``__init__`` with
+    `check_range`/`check_choice` so bad values fail before any work starts.
+    """
+
+    name: ClassVar[str] = ""
+
+    def __init__(self, *, data: Mapping[str, Any] | None = None, workdir: str | None = None, **params: Any):
+        self.data = dict(data or {})
+        self.workdir = Path(workdir) if workdir else None
+        self.params = params
+
+    def prepare(self) -> None:
+        """Do one-time work before checkpoints are listed (build, train, download index)."""
+
+    def checkpoints(self) -> Iterable[CheckpointRef]:
+        """Every checkpoint this family can offer, in any order; the runner selects and shards."""
+        raise NotImplementedError
+
+    def load(self, ref: CheckpointRef) -> Checkpoint:
+        """Load one checkpoint. Raise on broken input: the runner records the error and goes on."""
+        raise NotImplementedError
+
+    def history(self, model_id: str) -> pd.DataFrame | None:
+        """The training log of one run (columns: step, loss, and when known learning_rate,
+        tokens_seen, plus family-specific columns), or None when there is none."""
+        return None
+
+    def describe(self) -> dict[str, Any]:
+        """Facts for provenance (model ids, sources, weights hashes)."""
+        return {}
+
+
+# ---- metrics --------------------------------------------------------------------------
+
+
+@dataclass
+class Measurement:
+    """One number a metric produced, or the reason it could not.
+
+    ``measure`` is a snake_case name (``alpha``, ``acc``, ``D``); ``task`` and ``layer``
+    refine the identity; ``extra`` holds small JSON-able detail (fit window, inputs).
+    """
+
+    measure: str
+    value: float | None = None
+    stderr: float | None = None
+    n: int | None = None
+    unit: str | None = None
+    higher_is_better: bool | None = None
+    task: str | None = None
+    layer: str | None = None
+    status: str = "ok"  # ok | skipped | error
+    message: str | None = None
+    warning: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def skipped(cls, measure: str, reason: str, **kw: Any) -> Measurement:
+        return cls(measure, None, status="skipped", message=reason, **kw)
+
+    @classmethod
+    def error(cls, measure: str, reason: str, **kw: Any) -> Measurement:
+        return cls(measure, None, status="error", message=reason, **kw)
+
+
+@dataclass
+class _Context:
+    metric_config: Mapping[str, Any]
+    artifact_root: Path
+    seed: int
+
+    def artifact_dir(self, *parts: str) -> Path:
+        """A directory for this metric's cached artifacts (created on demand)."""
+        path = self.artifact_root.joinpath(*[str(p).replace("/", "__") for p in parts])
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+
+@dataclass
+class CheckpointContext(_Context):
+    checkpoint: Checkpoint
+
+
+@dataclass
+class PairContext(_Context):
+    """Consecutive selected checkpoints of one model. Only ``current`` is loaded: the
+    previous one is a reference (its artifacts are on disk, its delta is a field of current)."""
+
+    previous: CheckpointRef
+    checkpoint: Checkpoint
+
+
+@dataclass
+class TrajectoryContext(_Context):
+    """All earlier records of one model (``records``: a DataFrame in the record schema) and
+    the family's training log for it (``history``, may be None)."""
+
+    model_id: str
+    refs: list[CheckpointRef]
+    records: pd.DataFrame
+    history: pd.DataFrame | None
+
+
+@dataclass
+class SuiteContext(_Context):
+    """All sizes of one family: the records of the run root and the refs by size."""
+
+    family: str
+    refs: list[CheckpointRef]
+    records: pd.DataFrame
+
+
+class Metric:
+    """A metric plugin.
+
+    Subclasses set ``name`` (the entry-point name), ``version`` (bump when numbers change),
+    ``scopes`` and implement `measure`. Parameters arrive as keyword arguments from the
+    Hydra node ``metric.<name>`` and are validated in ``__init__``.
+    """
+
+    name: ClassVar[str] = ""
+    version: ClassVar[str] = "1"
+    scopes: ClassVar[tuple[Scope, ...]] = (Scope.CHECKPOINT,)
+    #: metrics whose records this one reads (trajectory/suite scope); the runner orders by it
+    reads: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, **params: Any):
+        self.params = params
+
+    def measure(self, ctx: Any) -> Iterable[Measurement]:
+        raise NotImplementedError
+
+    def plots(self, records: pd.DataFrame, out_dir: Path) -> list[Path]:
+        """Optional: draw this metric's figures from its records; return the files."""
+        return []

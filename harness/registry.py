@@ -1,0 +1,180 @@
+"""Plugin discovery through entry points, lazy loading and did-you-mean errors.
+
+First-party and outside plugins register the same way, in their ``pyproject.toml``::
+
+    [project.entry-points."harness.models"]
+    toy_softmax = "harness_plugins.models.toy_softmax:ToySoftmaxFamily"
+
+    [project.entry-points."harness.metrics"]
+    loss = "harness_plugins.metrics.loss:LossMetric"
+
+Nothing is imported until a plugin is asked for, so listing names stays cheap::
+
+    >>> from harness.registry import models
+    >>> models().names()              # no torch imported
+    >>> models().get("toy_softmax")   # imports the class now
+    >>> models().get("toy_sofmax")    # UnknownPluginError: did you mean: toy_softmax?
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import importlib
+import importlib.util
+from dataclasses import dataclass
+from functools import cache
+from importlib.metadata import EntryPoint, entry_points
+from typing import Any
+
+from harness.api import ConfigError
+
+GROUPS = {"model": "harness.models", "metric": "harness.metrics"}
+
+
+class UnknownPluginError(ConfigError):
+    """A plugin name that no installed package provides."""
+
+
+def suggest(name: str, available: list[str]) -> list[str]:
+    """Names close to ``name`` (typos, missing separators)."""
+    return difflib.get_close_matches(name, available, n=3, cutoff=0.6)
+
+
+def unknown_name_message(kind: str, name: str, available: list[str]) -> str:
+    msg = f"Unknown {kind} '{name}'."
+    close = suggest(name, available)
+    if close:
+        msg += f" Did you mean: {', '.join(close)}?"
+    msg += f"\nAvailable {kind}s: {', '.join(sorted(available)) or '(none installed)'}"
+    return msg
+
+
+@dataclass(frozen=True)
+class PluginInfo:
+    """An entry point as listed by ``harness ls``: name, target, distribution, one-liner."""
+
+    name: str
+    target: str
+    dist: str | None
+    version: str | None
+    description: str
+
+
+def _docstring_first_line(target: str) -> str:
+    """Read a class's docstring from source without importing its module (keeps ls light)."""
+    module, _, qualname = target.partition(":")
+    try:
+        spec = importlib.util.find_spec(module)
+        if spec is None or not spec.origin or not spec.origin.endswith(".py"):
+            return ""
+        with open(spec.origin, encoding="utf-8") as fh:
+            tree = ast.parse(fh.read())
+    except (ImportError, OSError, SyntaxError, ValueError):
+        return ""
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef) and node.name == qualname.split(".")[-1]:
+            doc = ast.get_docstring(node) or ""
+            return doc.strip().splitlines()[0] if doc.strip() else ""
+    return ""
+
+
+class Registry:
+    """Name -> plugin class, filled lazily from one entry-point group."""
+
+    def __init__(self, kind: str, group: str):
+        self.kind, self.group = kind, group
+        self._eps: dict[str, EntryPoint] = {}
+        self._loaded: dict[str, type] = {}
+        self._extra: dict[str, type] = {}
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Re-read entry points (after installing a plugin package in the same process)."""
+        self._eps = {ep.name: ep for ep in entry_points(group=self.group)}
+        self._loaded.clear()
+
+    def register(self, name: str, cls: type) -> None:
+        """Register a class directly (tests, notebooks). Entry points are the normal path."""
+        self._extra[name] = cls
+
+    def names(self) -> list[str]:
+        return sorted(set(self._eps) | set(self._extra))
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._eps or name in self._extra
+
+    def target(self, name: str) -> str:
+        """The ``module:Class`` string of a plugin (what a Hydra ``_target_`` must match)."""
+        if name in self._extra:
+            cls = self._extra[name]
+            return f"{cls.__module__}:{cls.__qualname__}"
+        return self._require(name).value
+
+    def targets(self) -> dict[str, str]:
+        return {n: self.target(n) for n in self.names()}
+
+    def _require(self, name: str) -> EntryPoint:
+        if name not in self._eps:
+            raise UnknownPluginError(unknown_name_message(self.kind, name, self.names()))
+        return self._eps[name]
+
+    def get(self, name: str) -> type:
+        if name in self._extra:
+            return self._extra[name]
+        if name not in self._loaded:
+            ep = self._require(name)
+            try:
+                cls = ep.load()
+            except Exception as exc:  # a broken plugin must not look like a typo
+                raise ConfigError(f"{self.kind} plugin '{name}' ({ep.value}) failed to import: {exc}") from exc
+            declared = getattr(cls, "name", None)
+            if declared != name:
+                raise ConfigError(
+                    f"{self.kind} plugin '{name}' ({ep.value}) declares name={declared!r}; "
+                    "the entry-point name, registry key, config file stem and `name` must agree"
+                )
+            self._loaded[name] = cls
+        return self._loaded[name]
+
+    def info(self, name: str) -> PluginInfo:
+        if name in self._extra:
+            cls = self._extra[name]
+            doc = (cls.__doc__ or "").strip().splitlines()
+            return PluginInfo(name, self.target(name), None, None, doc[0] if doc else "")
+        ep = self._require(name)
+        dist = getattr(ep, "dist", None)
+        return PluginInfo(
+            name,
+            ep.value,
+            dist.name if dist else None,
+            dist.version if dist else None,
+            _docstring_first_line(ep.value),
+        )
+
+
+@cache
+def models() -> Registry:
+    return Registry("model", GROUPS["model"])
+
+
+@cache
+def metrics() -> Registry:
+    return Registry("metric", GROUPS["metric"])
+
+
+def registry(kind: str) -> Registry:
+    if kind not in GROUPS:
+        raise ConfigError(unknown_name_message("plugin kind", kind, list(GROUPS)))
+    return models() if kind == "model" else metrics()
+
+
+def import_target(target: str) -> Any:
+    """Import ``module:attr`` or ``module.attr``."""
+    module, sep, attr = target.partition(":")
+    if not sep:
+        module, _, attr = target.rpartition(".")
+    obj: Any = importlib.import_module(module)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    return obj

@@ -1,0 +1,230 @@
+"""The result store: append-only JSONL per job, atomic Parquet consolidation, loading many runs.
+
+Layout of a run::
+
+    results/<run>/records.jsonl          one job (or <run>/<job>/records.jsonl under multirun)
+    results/<run>/records.parquet        consolidated: finished units only, one row per record_id
+    results/<run>/run.json               manifest (argv, config, plugins, environment, times)
+    results/<run>/artifacts/...          cached metric artifacts
+
+Writes are crash-safe: each unit of work is appended with a single ``write`` and fsynced; a
+partial trailing line (a kill mid-write) is cut off before the next append, and units whose
+records are not all present are ignored and recomputed on resume.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from harness.api import HarnessError
+from harness.records import RECORD_COLUMNS, _json_default
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
+
+RECORDS_JSONL = "records.jsonl"
+RECORDS_PARQUET = "records.parquet"
+
+
+class StoreError(HarnessError):
+    """The results root cannot be written (permissions, full disk)."""
+
+
+def check_writable(directory: Path, need_bytes: int = 1 << 20) -> None:
+    """Fail early with a clear message when results cannot be written."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".write-test-") as fh:
+            fh.write(b"x")
+            fh.flush()
+            os.fsync(fh.fileno())
+    except OSError as exc:
+        raise StoreError(f"results directory {directory} is not writable: {exc.strerror or exc}") from exc
+    free = _free_bytes(directory)
+    if free is not None and free < need_bytes:
+        raise StoreError(f"results directory {directory} has only {free} bytes free (need {need_bytes})")
+
+
+def _free_bytes(directory: Path) -> int | None:
+    try:
+        st = os.statvfs(directory)
+    except (OSError, AttributeError):
+        return None
+    return st.f_bavail * st.f_frsize
+
+
+class RecordWriter:
+    """Appends records to one job's JSONL file, a unit at a time."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        _cut_partial_tail(self.path)
+        self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (kept open for the run)
+
+    def write_unit(self, rows: Sequence[dict[str, Any]]) -> None:
+        payload = "".join(
+            json.dumps(r, default=_json_default, allow_nan=True, separators=(",", ":")) + "\n" for r in rows
+        )
+        try:
+            self._fh.write(payload)
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+        except OSError as exc:
+            raise StoreError(f"cannot write results to {self.path}: {exc.strerror or exc}") from exc
+
+    def close(self) -> None:
+        if not self._fh.closed:
+            self._fh.close()
+
+    def __enter__(self) -> RecordWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _cut_partial_tail(path: Path) -> None:
+    """Drop an incomplete last line left by a killed writer, so appends start on a fresh line."""
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    with open(path, "rb+") as fh:
+        fh.seek(0, os.SEEK_END)
+        size = fh.tell()
+        fh.seek(max(0, size - 1))
+        if fh.read(1) == b"\n":
+            return
+        # scan back to the last newline (records are small; read the tail in blocks)
+        pos, block = size, 1 << 16
+        while pos > 0:
+            start = max(0, pos - block)
+            fh.seek(start)
+            chunk = fh.read(pos - start)
+            idx = chunk.rfind(b"\n")
+            if idx >= 0:
+                fh.truncate(start + idx + 1)
+                return
+            pos = start
+        fh.truncate(0)
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Rows of one JSONL file; unparseable lines (a torn write) are skipped."""
+    rows = []
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return rows
+
+
+def jsonl_files(root: Path) -> list[Path]:
+    root = Path(root)
+    if root.is_file():
+        return [root]
+    return sorted(root.rglob(RECORDS_JSONL))
+
+
+def finished(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows of finished units only, one per record_id (the last written wins)."""
+    by_unit: dict[str, dict[str, dict[str, Any]]] = {}
+    for row in rows:
+        by_unit.setdefault(row.get("unit_id") or row["record_id"], {})[row["record_id"]] = row
+    out: dict[str, dict[str, Any]] = {}
+    for unit_rows in by_unit.values():
+        expected = next(iter(unit_rows.values())).get("unit_n") or len(unit_rows)
+        if len(unit_rows) >= expected:
+            out.update(unit_rows)
+    return list(out.values())
+
+
+def load_rows(root: Path) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    for path in jsonl_files(root):
+        rows.extend(read_jsonl(path))
+    return finished(rows)
+
+
+def finished_units(root: Path) -> set[str]:
+    return {r["unit_id"] for r in load_rows(root) if r.get("unit_id")}
+
+
+def to_frame(rows: Sequence[dict[str, Any]]) -> pd.DataFrame:
+    import pandas as pd
+
+    frame = pd.DataFrame(list(rows), columns=list(RECORD_COLUMNS))
+    return sort_records(frame)
+
+
+def sort_records(frame: pd.DataFrame) -> pd.DataFrame:
+    """Deterministic order so tables and files diff cleanly."""
+    keys = ["family", "model_id", "step", "pair_step", "metric", "measure", "task", "layer", "record_id"]
+    keys = [k for k in keys if k in frame.columns]
+    return frame.sort_values(keys, na_position="first", kind="mergesort").reset_index(drop=True)
+
+
+def write_parquet(frame: pd.DataFrame, path: Path) -> Path:
+    """Write atomically: a temporary file in the same directory, then rename."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), tmp)
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise StoreError(f"cannot write {path}: {exc.strerror or exc}") from exc
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def consolidate(root: Path) -> Path | None:
+    """Write ``records.parquet`` for a run root from its JSONL files (all jobs below it)."""
+    rows = load_rows(root)
+    if not rows:
+        return None
+    return write_parquet(to_frame(rows), Path(root) / RECORDS_PARQUET)
+
+
+def load_results(paths: str | Path | Sequence[str | Path]) -> pd.DataFrame:
+    """All finished records under one or more run directories (or results roots), as one frame.
+
+    JSONL is the source of truth (it also holds records written since the last
+    consolidation); Parquet files are read only where no JSONL exists (e.g. copied results).
+    """
+    import pandas as pd
+
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    rows: list[dict[str, Any]] = []
+    frames = []
+    for p in map(Path, paths):
+        if not p.exists():
+            raise HarnessError(f"no results at {p}")
+        found = jsonl_files(p)
+        if found:
+            for f in found:
+                rows.extend(read_jsonl(f))
+        else:
+            parquet = [p] if p.suffix == ".parquet" else sorted(p.rglob(RECORDS_PARQUET))
+            frames += [pd.read_parquet(f) for f in parquet]
+    if rows:
+        frames.append(to_frame(finished(rows)))
+    if not frames:
+        raise HarnessError(f"no records found under {', '.join(map(str, paths))}")
+    frame = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+    frame = frame.drop_duplicates("record_id", keep="last")
+    return sort_records(frame)

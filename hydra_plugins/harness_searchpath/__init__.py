@@ -1,0 +1,1 @@
+"""Hydra search-path plugin: lets installed plugin packages ship their own config files."""
