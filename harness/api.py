@@ -169,6 +169,11 @@ class Checkpoint:
     def model(self) -> torch.nn.Module:
         raise NotImplementedError(f"family {self.ref.family!r} exposes no model object")
 
+    @property
+    def tokenizer(self) -> Any:
+        """The tokenizer (a transformers ``PreTrainedTokenizerFast``) for text-level metrics."""
+        raise NotImplementedError(f"family {self.ref.family!r} has no tokenizer")
+
     def eval_batches(self, split: str = "val") -> list[Any]:
         """Fixed, seeded evaluation batches (identical for every checkpoint of the run)."""
         raise NotImplementedError(f"family {self.ref.family!r} has no evaluation data")

@@ -64,6 +64,7 @@ class CausalLMCheckpoint(Checkpoint):
         splits: dict[str, Sequence[torch.Tensor]] | None = None,
         data_source: str = "",
         device: str | torch.device = "cpu",
+        tokenizer: Any = None,
     ):
         super().__init__(ref)
         self._model = model.to(device).eval()
@@ -72,6 +73,13 @@ class CausalLMCheckpoint(Checkpoint):
         if batches is not None:
             self._splits.setdefault("val", list(batches))
         self._data_source = data_source
+        self._tokenizer = tokenizer
+
+    @property
+    def tokenizer(self) -> Any:
+        if self._tokenizer is None:
+            return super().tokenizer
+        return self._tokenizer
 
     @property
     def model(self) -> torch.nn.Module:
