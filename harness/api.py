@@ -258,7 +258,9 @@ class Measurement:
     """One number a metric produced, or the reason it could not.
 
     ``measure`` is a snake_case name (``alpha``, ``acc``, ``D``); ``task`` and ``layer``
-    refine the identity; ``extra`` holds small JSON-able detail (fit window, inputs).
+    (and for suite/trajectory scopes ``step`` and ``size``) refine the identity: two
+    measurements of one unit must differ in one of them. ``extra`` holds small JSON-able
+    detail (fit window, inputs) and is NOT part of the identity.
     """
 
     measure: str
@@ -269,6 +271,10 @@ class Measurement:
     higher_is_better: bool | None = None
     task: str | None = None
     layer: str | None = None
+    #: suite/trajectory scopes only: the step (and size) this number is about; by default
+    #: a trajectory record sits at the run's last step and a suite record at no step/size
+    step: int | None = None
+    size: str | None = None
     status: str = "ok"  # ok | skipped | error
     message: str | None = None
     warning: str | None = None
