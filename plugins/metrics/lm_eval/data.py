@@ -1,0 +1,205 @@
+"""Offline task data built from Python's own documentation text (`pydoc_data.topics`).
+
+Three lm-eval tasks ship with the project as YAML templates under ``tasks/``; their data is
+built here, deterministically, the first time it is needed, into a cache directory::
+
+    >>> from harness_plugins.metrics.lm_eval.data import ensure_task_dir
+    >>> task_dir = ensure_task_dir(Path("~/.cache/harness/lm_eval").expanduser())
+    >>> sorted(p.name for p in task_dir.glob("*.yaml"))
+    ['pydoc_cloze.yaml', 'pydoc_mc.yaml', 'pydoc_ppl.yaml']
+
+* ``pydoc_cloze``: LAMBADA-style last-word prediction. A passage of prose; the model must put
+  the highest likelihood on its final word (acc = greedy match, plus perplexity).
+* ``pydoc_mc``: HellaSwag-style continuation. The start of a paragraph and four candidate
+  next sentences: the true one and three taken from *other* documents (acc, acc_norm).
+* ``pydoc_ppl``: rolling perplexity over whole paragraphs (word/byte perplexity, bits/byte).
+
+The corpus is the stdlib's ``pydoc_data.topics`` (79 documents of the Python reference), so the
+data needs no download and no file in the repository; the build is a pure function of that
+text and the seed, and the directory name carries a hash of both (plus the builder version),
+so a new Python version gives a new directory instead of silently different numbers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import random
+import re
+import shutil
+import tempfile
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+#: bump when the builders change what they produce
+BUILDER_VERSION = "1"
+OFFLINE_TASKS = ("pydoc_cloze", "pydoc_mc", "pydoc_ppl")
+DATA_PLACEHOLDER = "@DATA_DIR@"
+SEED = 1234
+
+_WS = re.compile(r"\s+")
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"(])")
+
+
+def corpus() -> dict[str, str]:
+    """The source documents: topic name -> text (stdlib, always present)."""
+    import pydoc_data.topics as topics
+
+    return dict(sorted(topics.topics.items()))
+
+
+def prose_paragraphs(text: str, min_words: int = 12) -> list[str]:
+    """Paragraphs of running prose: no headings, no indented code or grammar blocks."""
+    out = []
+    for block in re.split(r"\n\s*\n", text):
+        lines = block.split("\n")
+        if not lines or any(ln.startswith((" ", "\t")) for ln in lines):
+            continue  # code, grammar productions, quoted blocks
+        if len(lines) >= 2 and set(lines[-1].strip()) <= set("*=-~^"):
+            continue  # heading with underline
+        para = _WS.sub(" ", " ".join(lines)).strip()
+        if len(para.split()) >= min_words and para[-1:] in ".!?:":
+            out.append(para)
+    return out
+
+
+def sentences(paragraph: str) -> list[str]:
+    return [s.strip() for s in _SENTENCE_END.split(paragraph) if s.strip()]
+
+
+def corpus_hash() -> str:
+    h = hashlib.sha256()
+    for name, text in corpus().items():
+        h.update(name.encode())
+        h.update(b"\0")
+        h.update(text.encode())
+    return h.hexdigest()[:12]
+
+
+# ---- the three builders ---------------------------------------------------------------
+
+
+def build_cloze(docs: dict[str, str], max_words: int = 60) -> list[dict[str, Any]]:
+    """Last-word items: ``context`` (passage minus its last word) and ``target`` (" word").
+
+    A passage is the longest run of whole sentences (at most ``max_words`` words) at the start
+    of a paragraph; its last word has trailing punctuation stripped (as LAMBADA's targets are
+    bare words) and must be alphabetic and at least 3 letters, so the task is not "predict '.'".
+    """
+    items = []
+    for name, text in docs.items():
+        for i, para in enumerate(prose_paragraphs(text)):
+            words: list[str] = []
+            for sent in sentences(para):
+                if words and len(words) + len(sent.split()) > max_words:
+                    break
+                words += sent.split()
+            if len(words) < 8:
+                continue
+            last = words[-1].rstrip(".!?:;,)\"'")
+            if not (last.isalpha() and len(last) >= 3):
+                continue
+            items.append({"id": f"{name}/{i}", "context": " ".join(words[:-1]), "target": " " + last})
+    return items
+
+
+def build_mc(docs: dict[str, str], n_choices: int = 4, seed: int = SEED) -> list[dict[str, Any]]:
+    """Continuation items: ``context`` (first sentence(s)), ``choices`` and ``label``.
+
+    The true ending is the paragraph's next sentence; distractors are sentences of paragraphs
+    from *other* documents (so they are fluent but off-topic), drawn with a seeded RNG.
+    """
+    rng = random.Random(seed)
+    pool: list[tuple[str, str]] = []  # (doc, sentence)
+    cand = []
+    for name, text in docs.items():
+        for i, para in enumerate(prose_paragraphs(text)):
+            sents = sentences(para)
+            pool += [(name, s) for s in sents if 5 <= len(s.split()) <= 30]
+            if len(sents) >= 2 and 5 <= len(sents[1].split()) <= 30:
+                cand.append((name, i, sents[0], sents[1]))
+    items = []
+    for name, i, ctx, ending in cand:
+        others = sorted({s for d, s in pool if d != name and s not in (ending, ctx)})
+        distractors = rng.sample(others, n_choices - 1)
+        label = rng.randrange(n_choices)
+        choices = distractors[:label] + [ending] + distractors[label:]
+        items.append({"id": f"{name}/{i}", "context": ctx, "choices": [" " + c for c in choices], "label": label})
+    return items
+
+
+def build_ppl(docs: dict[str, str]) -> list[dict[str, Any]]:
+    """Perplexity items: every prose paragraph of every document (``text``)."""
+    return [
+        {"id": f"{name}/{i}", "text": para}
+        for name, text in docs.items()
+        for i, para in enumerate(prose_paragraphs(text, min_words=20))
+    ]
+
+
+BUILDERS = {"pydoc_cloze": build_cloze, "pydoc_mc": build_mc, "pydoc_ppl": build_ppl}
+
+
+# ---- materialise task dir ---------------------------------------------------------------
+
+
+def _templates() -> dict[str, str]:
+    root = resources.files(__package__).joinpath("tasks")
+    return {p.name: p.read_text(encoding="utf-8") for p in root.iterdir() if p.name.endswith(".yaml")}
+
+
+def task_dir_name() -> str:
+    h = hashlib.sha256(corpus_hash().encode())
+    h.update(BUILDER_VERSION.encode())
+    for name, text in sorted(_templates().items()):
+        h.update(name.encode() + text.encode())
+    return f"pydoc-{h.hexdigest()[:12]}"
+
+
+def default_cache_root() -> Path:
+    """``$HARNESS_CACHE_DIR/lm_eval`` or ``~/.cache/harness/lm_eval``."""
+    base = os.environ.get("HARNESS_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "harness"
+    )
+    return Path(base) / "lm_eval"
+
+
+def ensure_task_dir(cache_root: Path | None = None) -> Path:
+    """Build (once) and return the include_path holding the offline task YAMLs and their data.
+
+    The directory is written under a temporary name and renamed into place, so a concurrent
+    or killed build never leaves a half-written task directory behind.
+    """
+    cache_root = Path(cache_root) if cache_root else default_cache_root()
+    target = cache_root / task_dir_name()
+    if (target / "COMPLETE").exists():
+        return target
+    cache_root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=cache_root))
+    try:
+        docs = corpus()
+        counts = {}
+        for task, builder in BUILDERS.items():
+            items = builder(docs)
+            counts[task] = len(items)
+            with open(tmp / f"{task}.jsonl", "w", encoding="utf-8") as fh:
+                for item in items:
+                    fh.write(json.dumps(item, sort_keys=True) + "\n")
+        for name, text in _templates().items():
+            (tmp / name).write_text(text.replace(DATA_PLACEHOLDER, str(target)), encoding="utf-8")
+        (tmp / "COMPLETE").write_text(json.dumps({"counts": counts, "corpus": corpus_hash()}, sort_keys=True))
+        try:
+            os.replace(tmp, target)
+        except OSError:  # another process finished first: theirs is identical
+            if not (target / "COMPLETE").exists():
+                raise
+        logger.info("built offline lm-eval tasks in %s (%s)", target, counts)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target

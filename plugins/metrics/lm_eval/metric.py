@@ -1,0 +1,286 @@
+"""The ``lm_eval`` metric: EleutherAI lm-evaluation-harness on the checkpoint already in memory.
+
+    python -m harness model=pythia metric=lm_eval metric.lm_eval.tasks=[lambada_openai,piqa]
+    python -m harness model=pico metric=lm_eval             # offline pydoc_* tasks by default
+
+One record per task x lm-eval metric: lm-eval's ``"acc,none"`` becomes measure ``acc`` with
+task ``<task>`` (a filter other than ``none`` is appended: ``exact_match_strict_match``), with
+stderr, n (effective samples) and higher_is_better taken from lm-eval's own output. The raw
+results JSON is kept as an artifact next to the run.
+
+Why it is fast: `HFLM` wraps the model object the runner already loaded (no second copy, no
+download), and the `TaskManager` indexes only our offline task directory unless a requested
+task is not in it; the ~6 s index of lm-eval's built-in tasks then happens at most once per
+process (both managers are cached).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from harness.api import (
+    CheckpointContext,
+    Measurement,
+    Metric,
+    ParameterError,
+    Scope,
+    check_range,
+)
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TASKS = ("pydoc_cloze", "pydoc_mc", "pydoc_ppl")
+#: Pythia's published zero-shot suite (needs the Hub for data; see docs/lm_eval.md)
+PYTHIA_TASKS = ("lambada_openai", "piqa", "winogrande", "arc_easy", "arc_challenge", "sciq", "logiqa", "wsc")
+
+SKIP_NO_TOKENIZER = "checkpoint has no tokenizer: lm-eval scores text, so it needs one"
+SKIP_NOT_HF = (
+    "checkpoint model is not a transformers PreTrainedModel (lm-eval's HFLM needs one); "
+    "families with a native module must expose a transformers-compatible causal LM"
+)
+
+_TM_LOCK = threading.Lock()
+_TASK_MANAGERS: dict[tuple[tuple[str, ...], bool], Any] = {}
+
+
+def task_manager(include_paths: Sequence[str], include_defaults: bool) -> Any:
+    """A cached ``TaskManager``: built-in task definitions are indexed at most once per process."""
+    key = (tuple(include_paths), include_defaults)
+    with _TM_LOCK:
+        if key not in _TASK_MANAGERS:
+            from lm_eval.tasks import TaskManager
+
+            t0 = time.perf_counter()
+            _TASK_MANAGERS[key] = TaskManager(include_path=list(include_paths), include_defaults=include_defaults)
+            logger.info("indexed lm-eval tasks (defaults=%s) in %.1f s", include_defaults, time.perf_counter() - t0)
+        return _TASK_MANAGERS[key]
+
+
+def manager_for(tasks: Sequence[str], include_paths: Sequence[str]) -> Any:
+    """The cheapest manager that knows every task: our directories only, else also built-ins."""
+    tm = task_manager(include_paths, include_defaults=False)
+    known = set(tm.all_tasks) | set(tm.all_groups) | set(tm.all_tags)
+    if all(t in known for t in tasks):
+        return tm
+    tm = task_manager(include_paths, include_defaults=True)
+    known = set(tm.all_tasks) | set(tm.all_groups) | set(tm.all_tags)
+    unknown = [t for t in tasks if t not in known]
+    if unknown:
+        import difflib
+
+        hints = {t: difflib.get_close_matches(t, sorted(known), n=3) for t in unknown}
+        detail = "; ".join(f"{t!r}" + (f" (did you mean: {', '.join(h)}?)" if h else "") for t, h in hints.items())
+        raise ValueError(f"unknown lm-eval task(s): {detail}")
+    return tm
+
+
+def split_key(key: str) -> tuple[str, str] | None:
+    """``"acc,none"`` -> ``("acc", "none")``; stderr keys and non-metric keys -> None."""
+    if "," not in key:
+        return None
+    metric, filt = key.split(",", 1)
+    if metric.endswith("_stderr"):
+        return None
+    return metric, filt
+
+
+def measure_name(metric: str, filt: str) -> str:
+    if filt in ("none", ""):
+        return metric
+    return f"{metric}_{re.sub(r'[^0-9a-zA-Z]+', '_', filt).strip('_')}"
+
+
+def _float(x: Any) -> float | None:
+    try:
+        f = float(x)
+    except (TypeError, ValueError):
+        return None  # lm-eval writes "N/A" for a missing stderr
+    return f if math.isfinite(f) else None
+
+
+def results_to_measurements(results: dict[str, Any], settings: dict[str, Any]) -> Iterator[Measurement]:
+    """One Measurement per (task or group) x metric x filter in an lm-eval results dict."""
+    table = {**results.get("results", {}), **results.get("groups", {})}
+    hib = results.get("higher_is_better", {})
+    n_samples = results.get("n-samples", {})
+    n_shot = results.get("n-shot", {})
+    versions = results.get("versions", {})
+    for task in sorted(table):
+        row = table[task]
+        for key in sorted(row):
+            parts = split_key(key)
+            if parts is None:
+                continue
+            metric, filt = parts
+            value = _float(row[key])
+            if value is None and row[key] is not None and not isinstance(row[key], (int, float)):
+                continue  # a non-numeric entry (e.g. an alias) is not a score
+            ns = n_samples.get(task, {})
+            yield Measurement(
+                measure_name(metric, filt),
+                value,
+                stderr=_float(row.get(f"{metric}_stderr,{filt}")),
+                n=ns.get("effective"),
+                higher_is_better=hib.get(task, {}).get(metric),
+                task=task,
+                extra={
+                    "lm_eval_metric": metric,
+                    "filter": filt,
+                    "n_shot": n_shot.get(task),
+                    "task_version": versions.get(task),
+                    "n_original": ns.get("original"),
+                    **settings,
+                },
+            )
+
+
+class LmEvalMetric(Metric):
+    """Downstream scores with lm-evaluation-harness on the in-memory checkpoint (offline tasks by default)."""
+
+    name = "lm_eval"
+    version = "1"
+    scopes = (Scope.CHECKPOINT,)
+
+    def __init__(
+        self,
+        tasks: Sequence[str] | str = DEFAULT_TASKS,
+        num_fewshot: int | None = None,
+        limit: int | float | None = None,
+        batch_size: int | str = 8,
+        bootstrap_iters: int = 1000,
+        log_samples: bool = False,
+        include_path: Sequence[str] | str | None = None,
+        cache_dir: str | None = None,
+        max_length: int | None = None,
+        **unknown: Any,
+    ):
+        if unknown:
+            key = sorted(unknown)[0]
+            raise ParameterError(key, unknown[key], "one of tasks, num_fewshot, limit, batch_size, "
+                                 "bootstrap_iters, log_samples, include_path, cache_dir, max_length")
+        tasks = [tasks] if isinstance(tasks, str) else list(tasks)
+        if not tasks or not all(isinstance(t, str) and t for t in tasks):
+            raise ParameterError("tasks", tasks, "a non-empty list of lm-eval task names")
+        if num_fewshot is not None:
+            check_range("num_fewshot", num_fewshot, 0)
+            num_fewshot = int(num_fewshot)
+        if limit is not None:
+            check_range("limit", limit, 0, low_inclusive=False)
+            if float(limit) >= 1 and float(limit) != int(limit):
+                raise ParameterError("limit", limit, "an integer >= 1 (documents) or a fraction in (0, 1)")
+            limit = int(limit) if float(limit) >= 1 else float(limit)
+        if batch_size != "auto":
+            check_range("batch_size", batch_size, 1)
+            batch_size = int(batch_size)
+        check_range("bootstrap_iters", bootstrap_iters, 0)
+        if max_length is not None:
+            check_range("max_length", max_length, 1)
+            max_length = int(max_length)
+        if not isinstance(log_samples, bool):
+            raise ParameterError("log_samples", log_samples, "true or false")
+        paths = [include_path] if isinstance(include_path, str) else list(include_path or [])
+        for p in paths:
+            if not Path(p).expanduser().is_dir():
+                raise ParameterError("include_path", p, "existing directories of lm-eval task YAML files")
+        super().__init__(tasks=tasks, num_fewshot=num_fewshot, limit=limit, batch_size=batch_size,
+                         bootstrap_iters=int(bootstrap_iters), log_samples=log_samples,
+                         include_path=paths, cache_dir=cache_dir, max_length=max_length)
+        self.tasks = tasks
+        self.num_fewshot, self.limit, self.batch_size = num_fewshot, limit, batch_size
+        self.bootstrap_iters, self.log_samples, self.max_length = int(bootstrap_iters), log_samples, max_length
+        self.include_paths = [str(Path(p).expanduser().resolve()) for p in paths]
+        self.cache_dir = cache_dir
+
+    # ---- helpers ------------------------------------------------------------------------
+    def include_paths_for_run(self) -> list[str]:
+        """User task dirs first, then our offline task dir (built on first use)."""
+        from harness_plugins.metrics.lm_eval.data import ensure_task_dir
+
+        ours = str(ensure_task_dir(Path(self.cache_dir).expanduser() if self.cache_dir else None))
+        return [*self.include_paths, ours]
+
+    def settings(self) -> dict[str, Any]:
+        """What is recorded in every record's ``extra`` (and so visible in tables)."""
+        import lm_eval
+
+        return {
+            "num_fewshot": self.num_fewshot,
+            "limit": self.limit,
+            "batch_size": self.batch_size,
+            "bootstrap_iters": self.bootstrap_iters,
+            "lm_eval_version": getattr(lm_eval, "__version__", None),
+        }
+
+    def evaluate(self, model: Any, tokenizer: Any) -> dict[str, Any]:
+        """Run ``simple_evaluate`` on an in-memory model + tokenizer; returns lm-eval's dict."""
+        from lm_eval import simple_evaluate
+        from lm_eval.models.huggingface import HFLM
+
+        tm = manager_for(self.tasks, self.include_paths_for_run())
+        kw: dict[str, Any] = {}
+        if self.max_length is not None:
+            kw["max_length"] = self.max_length
+        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=self.batch_size, **kw)
+        out = simple_evaluate(
+            model=lm,
+            tasks=list(self.tasks),
+            num_fewshot=self.num_fewshot,
+            limit=self.limit,
+            bootstrap_iters=self.bootstrap_iters,
+            log_samples=self.log_samples,
+            task_manager=tm,
+        )
+        if out is None:  # only non-zero ranks under multi-process evaluation
+            raise RuntimeError("lm-eval returned no results (non-primary rank?)")
+        return out
+
+    # ---- the metric ---------------------------------------------------------------------
+    def measure(self, ctx: CheckpointContext) -> Iterator[Measurement]:
+        ckpt = ctx.checkpoint
+        try:
+            tokenizer = ckpt.tokenizer
+        except NotImplementedError:
+            tokenizer = None
+        if tokenizer is None:
+            yield Measurement.skipped("lm_eval", SKIP_NO_TOKENIZER)
+            return
+        try:
+            model = ckpt.model
+        except NotImplementedError:
+            model = None
+        from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+        if not isinstance(model, PreTrainedModel):
+            yield Measurement.skipped("lm_eval", SKIP_NOT_HF)
+            return
+        if not isinstance(tokenizer, PreTrainedTokenizerBase):
+            yield Measurement.skipped("lm_eval", f"tokenizer is a {type(tokenizer).__name__}, not a transformers "
+                                      "PreTrainedTokenizer(Fast) as lm-eval's HFLM requires")
+            return
+        t0 = time.perf_counter()
+        results = self.evaluate(model, tokenizer)
+        elapsed = time.perf_counter() - t0
+        ref = ckpt.ref
+        out_dir = ctx.artifact_dir("lm_eval", ref.model_id, ref.label)
+        _write_json(results, out_dir / "results.json")
+        settings = {**self.settings(), "eval_time_s": round(elapsed, 3)}
+        measurements = list(results_to_measurements(results, settings))
+        if not measurements:
+            raise RuntimeError(f"lm-eval produced no scores for tasks {self.tasks}")
+        yield from measurements
+
+
+def _write_json(results: dict[str, Any], path: Path) -> None:
+    from lm_eval.utils import handle_non_serializable
+
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(results, indent=2, sort_keys=True, default=handle_non_serializable), encoding="utf-8")
+    tmp.replace(path)
