@@ -1,0 +1,371 @@
+"""`subspace`: top Hessian eigenpairs, the gradient's fraction in the top subspace, and the
+stability of that subspace between checkpoints (Gur-Ari, Roberts & Dyer 2018, "Gradient
+descent happens in a tiny subspace"; caveat: Song, Ahn & Yun 2025).
+
+Checkpoint scope, on a fixed analysis batch (``split``, first ``n_batches`` batches):
+
+- ``eigenvalue`` (task ``i=1..k``): top-k eigenvalues (largest algebraic) of the Hessian of the
+  mean loss, by scipy's Lanczos (``eigsh``, ``which='LA'``) over Hessian-vector products;
+  ``eigen_residual`` (task ``i=..``): ||Hv - lambda v|| / |lambda| of each pair.
+- ``f_top`` (task ``k=..``): ||P_k g||^2 / ||g||^2 for the full analysis-batch gradient;
+  ``f_top_minibatch``: the same for ``n_minibatches`` gradients of ``minibatch_size``
+  examples drawn (seeded, without replacement) from the analysis batch (value = mean,
+  stderr, spread in ``extra``); ``f_top_chance``: k / P.
+- ``grad_norm``: ||g||; ``hessian_trace`` (when ``trace_samples`` > 0): Hutchinson estimate.
+
+Pair scope, from the eigenvectors cached per checkpoint (float32 npy under the metric's
+artifact directory): ``overlap_previous`` and ``overlap_reference`` (task ``k=..``):
+||V_k(t1)^T V_k(t2)||_F^2 / k, against the previous selected checkpoint and against
+``reference_step`` (default: the earliest cached step of the run), with ``overlap_chance``
+= k / P. Every record's ``extra`` carries the number of Hessian-vector products spent.
+
+Usage::
+
+    python -m harness model=toy_softmax metric=subspace metric.subspace.ks=[1,5,10]
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from harness.api import (
+    CheckpointContext,
+    Measurement,
+    Metric,
+    PairContext,
+    ParameterError,
+    Scope,
+    check_choice,
+    check_range,
+)
+
+from . import cache
+from .objective import HVP_METHODS, FlatObjective, analysis_mode, batch_len, batches_fingerprint, concat_batches, take
+from .spectrum import f_top, hutchinson_trace, residuals, subspace_overlap, top_eigenpairs
+
+logger = logging.getLogger(__name__)
+
+
+def _int_list(key: str, value: Any) -> list[int]:
+    try:
+        items = [value] if isinstance(value, int) else list(value)
+        out = [int(v) for v in items]
+        if any(o != v for o, v in zip(out, items)):
+            raise ValueError
+    except (TypeError, ValueError):
+        raise ParameterError(key, value, "a non-empty list of integers >= 1") from None
+    if not out or min(out) < 1:
+        raise ParameterError(key, value, "a non-empty list of integers >= 1")
+    return sorted(set(out))
+
+
+def _opt_int(key: str, value: Any, low: int) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not float(value).is_integer():
+        raise ParameterError(key, value, f"null or an integer >= {low}")
+    check_range(key, value, low)
+    return int(value)
+
+
+class SubspaceMetric(Metric):
+    """Top-k Hessian eigenpairs, gradient fraction in their span, and their overlap over training."""
+
+    name = "subspace"
+    version = "1"
+    scopes = (Scope.CHECKPOINT, Scope.PAIR)
+
+    def __init__(
+        self,
+        ks: Sequence[int] = (1, 2, 5, 10, 20),
+        split: str = "val",
+        n_batches: int | None = None,
+        modules: Sequence[str] | None = None,
+        n_coords: int | None = None,
+        hvp: str = "double_backward",
+        eig_tol: float = 1e-3,
+        eig_maxiter: int | None = None,
+        residuals: bool = True,
+        minibatch_size: int = 32,
+        n_minibatches: int = 8,
+        trace_samples: int = 0,
+        reference_step: int | None = None,
+        max_params: int = 5_000_000,
+        **unknown: Any,
+    ):
+        if unknown:
+            key = sorted(unknown)[0]
+            raise ParameterError(key, unknown[key], "no such parameter for metric subspace")
+        self.ks = _int_list("ks", ks)
+        self.k = max(self.ks)
+        if not isinstance(split, str) or not split:
+            raise ParameterError("split", split, "a non-empty split name (e.g. val, train)")
+        self.split = split
+        self.n_batches = _opt_int("n_batches", n_batches, 1)
+        if modules is not None:
+            if isinstance(modules, str):
+                modules = [modules]
+            modules = list(modules)
+            if not modules or not all(isinstance(m, str) and m for m in modules):
+                raise ParameterError("modules", modules, "null or a non-empty list of glob patterns on parameter names")
+        self.modules = modules
+        self.n_coords = _opt_int("n_coords", n_coords, 2)
+        check_choice("hvp", hvp, HVP_METHODS)
+        self.hvp = hvp
+        check_range("eig_tol", eig_tol, 0.0, 1.0, low_inclusive=False, high_inclusive=False)
+        self.eig_tol = float(eig_tol)
+        self.eig_maxiter = _opt_int("eig_maxiter", eig_maxiter, 1)
+        if not isinstance(residuals, bool):
+            raise ParameterError("residuals", residuals, "true or false")
+        self.residuals = residuals
+        self.minibatch_size = _opt_int("minibatch_size", minibatch_size, 1)
+        if self.minibatch_size is None:
+            raise ParameterError("minibatch_size", minibatch_size, "an integer >= 1")
+        n_mb = _opt_int("n_minibatches", n_minibatches, 0)
+        self.n_minibatches = 0 if n_mb is None else n_mb
+        tr = _opt_int("trace_samples", trace_samples, 0)
+        self.trace_samples = 0 if tr is None else tr
+        if self.trace_samples == 1:
+            raise ParameterError("trace_samples", trace_samples, "0 (off) or an integer >= 2")
+        self.reference_step = _opt_int("reference_step", reference_step, 0)
+        self.max_params = _opt_int("max_params", max_params, 2)
+        super().__init__(
+            ks=self.ks, split=split, n_batches=self.n_batches, modules=modules, n_coords=self.n_coords, hvp=hvp,
+            eig_tol=self.eig_tol, eig_maxiter=self.eig_maxiter, residuals=residuals,
+            minibatch_size=self.minibatch_size, n_minibatches=self.n_minibatches, trace_samples=self.trace_samples,
+            reference_step=self.reference_step, max_params=self.max_params,
+        )
+
+    # -- dispatch ---------------------------------------------------------------------
+    def measure(self, ctx: Any) -> Iterable[Measurement]:
+        if isinstance(ctx, PairContext):
+            return list(self._measure_pair(ctx))
+        if isinstance(ctx, CheckpointContext):
+            return list(self._measure_checkpoint(ctx))
+        raise TypeError(f"subspace measures checkpoint and pair scopes, not {type(ctx).__name__}")
+
+    # -- shared pieces ----------------------------------------------------------------
+    def _cache_dir(self, ctx: Any, model_id: str):
+        """Per model and per eigen-relevant configuration (a different subset or batch must
+        not be compared with this one)."""
+        key = json.dumps(
+            {"split": self.split, "n_batches": self.n_batches, "modules": self.modules, "n_coords": self.n_coords,
+             "k": self.k, "eig_tol": self.eig_tol, "seed": ctx.seed},
+            sort_keys=True,
+        )
+        return ctx.artifact_dir("subspace_eigvecs", model_id, hashlib.sha256(key.encode()).hexdigest()[:12])
+
+    def _objective(self, ctx: Any) -> tuple[FlatObjective, str]:
+        ckpt = ctx.checkpoint
+        batches = list(ckpt.eval_batches(self.split))
+        if self.n_batches is not None:
+            batches = batches[: self.n_batches]
+        fingerprint = batches_fingerprint(batches, ckpt.data_fingerprint)
+        obj = FlatObjective(ckpt, batches, modules=self.modules, n_coords=self.n_coords, seed=ctx.seed)
+        return obj, fingerprint
+
+    def _eigen(self, obj: FlatObjective, op, seed: int) -> tuple[Any, np.ndarray | None, int]:
+        kw = {"dtype": obj.dtype, "device": obj.x0.device}
+        pairs = top_eigenpairs(op, obj.P, self.k, seed=seed, tol=self.eig_tol, maxiter=self.eig_maxiter, **kw)
+        before = op.count
+        res = residuals(op, pairs.values, pairs.vectors, **kw) if self.residuals else None
+        return pairs, res, op.count - before
+
+    def _too_big(self, obj: FlatObjective) -> str | None:
+        if obj.P > self.max_params:
+            return (
+                f"{obj.P} parameters selected > max_params={self.max_params}: restrict with "
+                f"metric.subspace.modules=[...] or metric.subspace.n_coords=N"
+            )
+        if self.k >= obj.P:
+            return f"k={self.k} (max of ks) must be < the {obj.P} selected parameters"
+        return None
+
+    # -- checkpoint scope -------------------------------------------------------------
+    def _measure_checkpoint(self, ctx: CheckpointContext) -> Iterator[Measurement]:
+        ckpt = ctx.checkpoint
+        try:
+            model = ckpt.model
+            with analysis_mode(model):
+                obj, fingerprint = self._objective(ctx)
+                reason = self._too_big(obj)
+                if reason:
+                    yield Measurement.skipped("eigenvalue", reason)
+                    return
+                yield from self._checkpoint_measurements(ctx, obj, fingerprint)
+        except NotImplementedError as exc:
+            yield Measurement.skipped("eigenvalue", f"checkpoint lacks what the Hessian analysis needs: {exc}")
+
+    def _checkpoint_measurements(self, ctx: CheckpointContext, obj: FlatObjective, fp: str) -> Iterator[Measurement]:
+        ref = ctx.checkpoint.ref
+        op = obj.hvp_operator(self.hvp)
+        pairs, res, n_res = self._eigen(obj, op, ctx.seed)
+        P, kw = obj.P, {"dtype": obj.dtype, "device": obj.x0.device}
+        meta = {
+            "eigenvalues": pairs.values.tolist(),
+            "residuals": None if res is None else res.tolist(),
+            "objective": obj.describe(),
+            "fingerprint": fp,
+            "split": self.split,
+        }
+        cache.save(self._cache_dir(ctx, ref.model_id), ref.step, pairs.vectors, meta)
+
+        g_t = getattr(obj, "grad_full", None)
+        g = (g_t if g_t is not None else obj.gradient()).to("cpu", torch.float64).numpy()
+        grad_norm = float(np.linalg.norm(g))
+        mb = self._minibatch_ftop(obj, pairs.vectors, ctx.seed)
+
+        trace = None
+        n_trace_before = op.count
+        if self.trace_samples:
+            trace = hutchinson_trace(op, P, self.trace_samples, seed=ctx.seed, **kw)
+        n_trace = op.count - n_trace_before
+
+        extra = {
+            "n_hvp": op.count,
+            "n_hvp_eigsh": pairs.n_products,
+            "n_hvp_residual": n_res,
+            "n_hvp_trace": n_trace,
+            "hvp_method": self.hvp,
+            "n_params": P,
+            "analysis_terms": obj.n_total,
+            "analysis_fingerprint": fp,
+            "analysis_loss": obj.loss(),
+        }
+        if obj.index is not None:
+            extra["n_selected"] = obj.n_selected
+        for i, lam in enumerate(pairs.values, start=1):
+            yield Measurement("eigenvalue", float(lam), task=f"i={i}", n=P, extra=extra)
+            if res is not None:
+                yield Measurement("eigen_residual", float(res[i - 1]), task=f"i={i}", higher_is_better=False, extra=extra)
+        yield Measurement("grad_norm", grad_norm, extra=extra)
+        if grad_norm == 0.0:
+            for k in self.ks:
+                yield Measurement.skipped("f_top", "the analysis-batch gradient is exactly zero", task=f"k={k}")
+        else:
+            for k, value in f_top(pairs.vectors, g, self.ks).items():
+                yield Measurement("f_top", value, task=f"k={k}", extra={**extra, "chance": k / P})
+        for k in self.ks:
+            yield Measurement("f_top_chance", k / P, task=f"k={k}", extra=extra)
+        if isinstance(mb, str):
+            for k in self.ks:
+                yield Measurement.skipped("f_top_minibatch", mb, task=f"k={k}")
+        elif mb is not None:
+            for k in self.ks:
+                vals = mb[k]
+                std = float(vals.std(ddof=1)) if len(vals) > 1 else float("nan")
+                yield Measurement(
+                    "f_top_minibatch", float(vals.mean()),
+                    stderr=std / math.sqrt(len(vals)) if len(vals) > 1 else None, n=len(vals), task=f"k={k}",
+                    extra={**extra, "chance": k / P, "std": std, "min": float(vals.min()), "max": float(vals.max()),
+                           "minibatch_size": self.minibatch_size},
+                )
+        if trace is not None:
+            yield Measurement("hessian_trace", trace[0], stderr=trace[1], n=self.trace_samples, extra=extra)
+
+    def _minibatch_ftop(self, obj: FlatObjective, vectors: np.ndarray, seed: int) -> dict[int, np.ndarray] | str | None:
+        """f_top of ``n_minibatches`` mini-batch gradients (examples drawn from the analysis
+        batch without replacement within a mini-batch); a reason string when impossible."""
+        if not self.n_minibatches:
+            return None
+        try:
+            pool = concat_batches(obj.batches)
+            n_pool = batch_len(pool)
+        except (TypeError, RuntimeError) as exc:
+            return f"cannot draw mini-batches from this family's batches: {exc}"
+        if self.minibatch_size > n_pool:
+            return f"minibatch_size={self.minibatch_size} exceeds the {n_pool} examples of the analysis batch"
+        gen = torch.Generator().manual_seed(int(seed) + 1)
+        out: dict[int, list[float]] = {k: [] for k in self.ks}
+        for _ in range(self.n_minibatches):
+            idx = torch.randperm(n_pool, generator=gen)[: self.minibatch_size]
+            g = obj.gradient(take(pool, idx)).to("cpu", torch.float64).numpy()
+            if not np.any(g):
+                continue
+            for k, v in f_top(vectors, g, self.ks).items():
+                out[k].append(v)
+        if not out[self.ks[0]]:
+            return "every mini-batch gradient is exactly zero"
+        return {k: np.asarray(v) for k, v in out.items()}
+
+    # -- pair scope -------------------------------------------------------------------
+    def _current_vectors(self, ctx: PairContext, directory) -> tuple[np.ndarray, dict[str, Any], int]:
+        """The current checkpoint's eigenvectors: from the cache, else computed (and cached)."""
+        ref = ctx.checkpoint.ref
+        hit = cache.load(directory, ref.step)
+        if hit is not None:
+            return hit[0], hit[1], 0
+        logger.info("subspace: no cached eigenvectors for %s step %s; computing them", ref.model_id, ref.step)
+        with analysis_mode(ctx.checkpoint.model):
+            obj, fp = self._objective(ctx)
+            reason = self._too_big(obj)
+            if reason:
+                raise RuntimeError(reason)
+            op = obj.hvp_operator(self.hvp)
+            pairs, res, _ = self._eigen(obj, op, ctx.seed)
+        meta = {"eigenvalues": pairs.values.tolist(), "residuals": None if res is None else res.tolist(),
+                "objective": obj.describe(), "fingerprint": fp, "split": self.split}
+        cache.save(directory, ref.step, pairs.vectors, meta)
+        return pairs.vectors.astype(np.float32), {**meta, "step": ref.step}, op.count
+
+    def _measure_pair(self, ctx: PairContext) -> Iterator[Measurement]:
+        ref = ctx.checkpoint.ref
+        directory = self._cache_dir(ctx, ref.model_id)
+        try:
+            v_cur, meta_cur, n_hvp = self._current_vectors(ctx, directory)
+        except NotImplementedError as exc:
+            yield Measurement.skipped("overlap_previous", f"checkpoint lacks what the Hessian analysis needs: {exc}")
+            return
+        P = int(v_cur.shape[0])
+        extra = {"n_hvp": n_hvp, "n_params": P, "step": ref.step}
+        targets = [("overlap_previous", ctx.previous.step)]
+        ref_step = self.reference_step
+        if ref_step is None:
+            cached = cache.steps(directory)
+            ref_step = cached[0] if cached else None
+        targets.append(("overlap_reference", ref_step))
+        for measure, step in targets:
+            if step is None:
+                for k in self.ks:
+                    yield Measurement.skipped(measure, "no cached eigenvectors for any reference step", task=f"k={k}")
+                continue
+            other = cache.load(directory, step)
+            if other is None:
+                for k in self.ks:
+                    yield Measurement.skipped(
+                        measure, f"no cached eigenvectors for step {step} (run the checkpoint scope there first)",
+                        task=f"k={k}",
+                    )
+                continue
+            v_other, meta_other = other
+            mismatch = self._incompatible(meta_cur, meta_other)
+            if mismatch:
+                for k in self.ks:
+                    yield Measurement.skipped(measure, f"step {step} is not comparable: {mismatch}", task=f"k={k}")
+                continue
+            warning = None
+            if meta_other.get("fingerprint") != meta_cur.get("fingerprint"):
+                warning = "the analysis batches of the two checkpoints differ (fingerprints differ)"
+            for k in self.ks:
+                yield Measurement(
+                    measure, subspace_overlap(v_other, v_cur, k), task=f"k={k}", warning=warning,
+                    extra={**extra, "other_step": int(step), "chance": k / P},
+                )
+        for k in self.ks:
+            yield Measurement("overlap_chance", k / P, task=f"k={k}", extra=extra)
+
+    @staticmethod
+    def _incompatible(a: dict[str, Any], b: dict[str, Any]) -> str | None:
+        oa, ob = a.get("objective", {}), b.get("objective", {})
+        for key in ("n_params", "coords_sha"):
+            if oa.get(key) != ob.get(key):
+                return f"{key} {ob.get(key)} vs {oa.get(key)}"
+        return None
