@@ -163,6 +163,9 @@ class Checkpoint:
 
     def __init__(self, ref: CheckpointRef):
         self.ref = ref
+        #: the previous *selected* checkpoint of the same model (set by the runner before any
+        #: metric runs; None for the first): what the ``delta`` field is taken against
+        self.previous: CheckpointRef | None = None
 
     # -- model and evaluation -----------------------------------------------------------
     @property

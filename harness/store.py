@@ -2,7 +2,7 @@
 
 Layout of a run::
 
-    results/<run>/records.jsonl          one job (or <run>/<job>/records.jsonl under multirun)
+    results/<run>/records-<host>-<pid>.jsonl   one file per writing process (multirun: <run>/<job>/)
     results/<run>/records.parquet        consolidated: finished units only, one row per record_id
     results/<run>/run.json               manifest (argv, config, plugins, environment, times)
     results/<run>/artifacts/...          cached metric artifacts
@@ -27,7 +27,7 @@ from harness.records import RECORD_COLUMNS, _json_default
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
-RECORDS_JSONL = "records.jsonl"
+RECORDS_GLOB = "records*.jsonl"  # one file per writing process: concurrent jobs never share one
 RECORDS_PARQUET = "records.parquet"
 
 
@@ -132,20 +132,29 @@ def jsonl_files(root: Path) -> list[Path]:
     root = Path(root)
     if root.is_file():
         return [root]
-    return sorted(root.rglob(RECORDS_JSONL))
+    return sorted(root.rglob(RECORDS_GLOB))
 
 
 def finished(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Rows of finished units only, one per record_id (the last written wins)."""
-    by_unit: dict[str, dict[str, dict[str, Any]]] = {}
+    """Rows of finished units only, one per record_id.
+
+    A unit may have been written more than once (a retried error, a unit that a killed job
+    had half-written): its latest complete attempt wins, so nothing is lost or duplicated.
+    """
+    attempts: dict[str, dict[str, dict[str, dict[str, Any]]]] = {}
     for row in rows:
-        by_unit.setdefault(row.get("unit_id") or row["record_id"], {})[row["record_id"]] = row
-    out: dict[str, dict[str, Any]] = {}
-    for unit_rows in by_unit.values():
-        expected = next(iter(unit_rows.values())).get("unit_n") or len(unit_rows)
-        if len(unit_rows) >= expected:
-            out.update(unit_rows)
-    return list(out.values())
+        unit = row.get("unit_id") or row["record_id"]
+        attempt = str(row.get("started_at"))
+        attempts.setdefault(unit, {}).setdefault(attempt, {})[row["record_id"]] = row
+    out: list[dict[str, Any]] = []
+    for by_attempt in attempts.values():
+        for attempt in sorted(by_attempt, reverse=True):
+            unit_rows = by_attempt[attempt]
+            expected = next(iter(unit_rows.values())).get("unit_n") or len(unit_rows)
+            if len(unit_rows) >= expected:
+                out.extend(unit_rows.values())
+                break
+    return out
 
 
 def load_rows(root: Path) -> list[dict[str, Any]]:

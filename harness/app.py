@@ -1,0 +1,154 @@
+"""The Hydra entry point: ``python -m harness [overrides]``.
+
+Before Hydra composes anything, group choices on the command line (``model=``, ``metric=``,
+``checkpoints=``, ``data=``, ``experiment=``) are checked against the installed plugins and
+shipped configs, so a typo exits with "did you mean" instead of a stack trace.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from harness.api import HarnessError
+from harness.registry import metrics, models, unknown_name_message
+
+logger = logging.getLogger("harness")
+
+CHECKED_GROUPS = ("model", "metric", "checkpoints", "data", "experiment")
+EXIT_USER_ERROR = 2
+EXIT_RECORD_ERRORS = 1
+
+
+def _config_options(group: str) -> list[str]:
+    """Option names of a config group: shipped YAML files plus plugin-provided ones."""
+    names: set[str] = set()
+    try:
+        root = resources.files("harness.conf") / group
+        names |= {p.name[:-5] for p in root.iterdir() if p.name.endswith(".yaml")}
+    except (FileNotFoundError, NotADirectoryError, ModuleNotFoundError):
+        pass
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group="harness.conf"):
+        try:
+            extra = resources.files(ep.value) / group
+            if extra.is_dir():
+                names |= {p.name[:-5] for p in extra.iterdir() if p.name.endswith(".yaml")}
+        except (ModuleNotFoundError, FileNotFoundError, NotADirectoryError):
+            continue
+    if group == "model":
+        names |= set(models().names())
+    elif group == "metric":
+        names |= set(metrics().names())
+    return sorted(names)
+
+
+def _values(override: Any) -> list[str]:
+    if override.is_sweep_override():
+        out: list[str] = []
+        for v in override.sweep_string_iterator():
+            out += [x.strip() for x in v.strip("[]").split(",") if x.strip()]
+        return out
+    value = override.value()
+    if isinstance(value, list):
+        return [str(v) for v in value]
+    return [] if value is None else [str(value)]
+
+
+def check_group_choices(argv: list[str]) -> None:
+    """Raise a did-you-mean error for an unknown group option given on the command line."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    overrides = [a for a in argv if not a.startswith("-") and "=" in a]
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except Exception:  # noqa: BLE001 (Hydra reports malformed overrides itself)
+        return
+    for ov in parsed:
+        group = ov.key_or_group
+        if group not in CHECKED_GROUPS or ov.is_delete() or ov.package:
+            continue
+        available = _config_options(group)
+        for name in _values(ov):
+            if name not in available and name != "null":
+                kind = {"checkpoints": "checkpoint preset"}.get(group, group)
+                raise HarnessError(unknown_name_message(kind, name, available))
+
+
+def run_from_config(cfg: Any) -> int:
+    """Resolve the composed config and run one job; returns the process exit code."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    from harness.config_tree import print_config_tree
+    from harness.runner import RunSpec, Runner, resolve_model_name
+
+    hydra_cfg = HydraConfig.get()
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    multirun = hydra_cfg.mode.name == "MULTIRUN"
+    run_root = Path(hydra_cfg.sweep.dir) if multirun else run_dir
+    choices = dict(hydra_cfg.runtime.choices)
+    print_config_tree(cfg, run_dir / "config_tree.txt", show=plain.get("print_config", True) and not multirun)
+    model_name = resolve_model_name(plain["model"], choices.get("model"))
+    spec = RunSpec(
+        model_name=model_name,
+        model=plain["model"],
+        metrics=plain.get("metric") or {},
+        data=plain.get("data") or {},
+        checkpoints=plain.get("checkpoints") or {},
+        run_dir=run_dir,
+        run_root=run_root,
+        seed=int(plain.get("seed", 0)),
+        device=str(plain.get("device", "cpu")),
+        progress="off" if multirun else plain.get("progress", "auto"),
+        trusted_targets=list(plain.get("trusted_targets") or []),
+        retry_errors=bool(plain.get("retry_errors", False)),
+        cache_dir=Path(plain["cache_dir"]) if plain.get("cache_dir") else None,
+        job=str(hydra_cfg.job.num) if multirun else None,
+        config=plain,
+        report=bool(plain.get("report", True)),
+    )
+    if not spec.metrics:
+        raise HarnessError("no metric selected: choose one with metric=NAME or 'metric=[a,b]'")
+    runner = Runner(spec)
+    summary = runner.run()
+    from harness.summary import finish_run
+
+    finish_run(spec, summary)
+    return EXIT_RECORD_ERRORS if summary.error else 0
+
+
+def main() -> None:
+    """``python -m harness``: checks, then hands the command line to Hydra."""
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    try:
+        check_group_choices(sys.argv[1:])
+    except HarnessError as exc:
+        console.print(f"[red]error:[/red] {exc}", highlight=False)
+        sys.exit(EXIT_USER_ERROR)
+    _hydra_entry()
+
+
+def _task(cfg: Any) -> None:
+    from rich.console import Console
+
+    try:
+        code = run_from_config(cfg)
+    except HarnessError as exc:
+        Console(stderr=True).print(f"[red]error:[/red] {exc}", highlight=False)
+        sys.exit(EXIT_USER_ERROR)
+    if code:
+        sys.exit(code)
+
+
+def _hydra_entry() -> None:
+    import hydra
+
+    hydra.main(version_base="1.3", config_path="pkg://harness.conf", config_name="config")(_task)()

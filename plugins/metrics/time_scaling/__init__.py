@@ -1,0 +1,175 @@
+"""time_scaling: the "universal one-third" time-scaling fit of a loss curve (trajectory scope).
+
+Time is the cumulative learning rate tau = sum of the learning rates of the updates applied
+so far (the paper's "dynamic time"); when no learning rates are known, tau = step and the
+records say so. Input curve: the run's ``loss`` records, or the family's training log.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from harness.api import Measurement, Metric, Scope, TrajectoryContext, check_choice, check_range
+from harness_plugins.metrics.time_scaling.fit import fit_power_law, local_slopes, log_binned, ols_slope
+
+
+class TimeScalingMetric(Metric):
+    """Fits L = c * tau^-alpha + L0 against cumulative learning rate; flags curves that are no power law."""
+
+    name = "time_scaling"
+    version = "1"
+    scopes = (Scope.TRAJECTORY,)
+    reads = ("loss",)
+
+    def __init__(
+        self,
+        source: str = "auto",
+        fit_min_step: int | None = None,
+        fit_max_step: int | None = None,
+        fit_min_fraction: float = 0.01,
+        window_decades: float = 0.5,
+        min_points: int = 5,
+        max_slope_ratio: float = 1.6,
+        max_rsle: float = 0.08,
+    ):
+        super().__init__()
+        check_choice("source", source, ("auto", "records", "history"))
+        check_range("fit_min_fraction", fit_min_fraction, 0, 1)
+        check_range("window_decades", window_decades, 0, low_inclusive=False)
+        check_range("min_points", min_points, 3)
+        check_range("max_slope_ratio", max_slope_ratio, 1)
+        check_range("max_rsle", max_rsle, 0, low_inclusive=False)
+        self.source, self.fit_min_step, self.fit_max_step = source, fit_min_step, fit_max_step
+        self.fit_min_fraction, self.window_decades, self.min_points = fit_min_fraction, window_decades, min_points
+        self.max_slope_ratio, self.max_rsle = max_slope_ratio, max_rsle
+
+    # -- inputs -------------------------------------------------------------------------
+    def _curve(self, ctx: TrajectoryContext) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, str]:
+        """(steps, loss, logit_std or None, source description)."""
+        rec = ctx.records
+        if self.source in ("auto", "records") and not rec.empty:
+            ok = rec[(rec["metric"] == "loss") & (rec["status"] == "ok") & (rec["scope"] == "checkpoint")]
+            loss = ok[ok["measure"] == "loss"].sort_values("step")
+            if len(loss) >= self.min_points or self.source == "records":
+                std = ok[ok["measure"] == "logit_std"].set_index("step")["value"]
+                logit_std = std.reindex(loss["step"]).to_numpy(float) if len(std) else None
+                return loss["step"].to_numpy(float), loss["value"].to_numpy(float), logit_std, "loss records"
+        if self.source in ("auto", "history") and ctx.history is not None and len(ctx.history):
+            h = ctx.history.sort_values("step")
+            steps, loss = log_binned(h["step"].to_numpy(float), h["loss"].to_numpy(float))
+            return steps, loss, None, "training log (log-binned)"
+        return np.array([]), np.array([]), None, "none"
+
+    def _tau(self, ctx: TrajectoryContext, steps: np.ndarray) -> tuple[np.ndarray, str]:
+        h = ctx.history
+        if h is not None and "learning_rate" in h and h["learning_rate"].notna().all() and len(h):
+            h = h.sort_values("step")
+            cum = np.cumsum(h["learning_rate"].to_numpy(float))
+            # tau(step s) = sum of the lrs of updates 1..s  (history row `step` = update number)
+            tau = np.interp(steps, h["step"].to_numpy(float), cum, left=0.0)
+            return tau, "cumulative learning rate"
+        lrs = {r.step: r.learning_rate for r in ctx.refs}
+        if lrs and all(v is not None for v in lrs.values()):
+            known = sorted(lrs)
+            # piecewise-constant between checkpoints: the rate at the left checkpoint applies
+            cum, acc = {known[0]: known[0] * lrs[known[0]]}, known[0] * lrs[known[0]]
+            for a, b in zip(known, known[1:]):
+                acc += (b - a) * lrs[a]
+                cum[b] = acc
+            return np.array([cum.get(int(s), np.nan) for s in steps]), "cumulative learning rate (checkpoint lrs)"
+        return steps.astype(float), "step (no learning rates known)"
+
+    # -- the metric -----------------------------------------------------------------------
+    def measure(self, ctx: TrajectoryContext) -> Iterator[Measurement]:
+        steps, loss, logit_std, source = self._curve(ctx)
+        if len(steps) == 0:
+            yield Measurement.skipped("alpha", "no loss curve: run the `loss` metric too, or use a family with a training log")
+            return
+        tau, tau_kind = self._tau(ctx, steps)
+        lo = self.fit_min_step if self.fit_min_step is not None else max(1.0, self.fit_min_fraction * steps.max())
+        hi = self.fit_max_step if self.fit_max_step is not None else steps.max()
+        sel = (steps >= lo) & (steps <= hi) & (tau > 0)
+        extra: dict[str, Any] = {
+            "source": source, "time": tau_kind, "fit_steps": [float(lo), float(hi)],
+            "inputs": {"step": steps[sel].tolist(), "tau": tau[sel].tolist(), "loss": loss[sel].tolist()},
+        }
+        fit = fit_power_law(tau[sel], loss[sel], self.min_points)
+        if fit.status != "ok":
+            yield Measurement.skipped("alpha", fit.reason or "fit failed", n=fit.n, extra=extra)
+            return
+        extra["rsle"] = fit.rsle
+        yield Measurement("alpha", fit.params["alpha"], stderr=fit.stderr["alpha"], n=fit.n, extra=extra)
+        yield Measurement("L0", fit.params["L0"], stderr=fit.stderr["L0"], n=fit.n)
+        yield Measurement("c", fit.params["c"], stderr=fit.stderr["c"], n=fit.n)
+        yield Measurement("fit_rsle", fit.rsle, n=fit.n)
+
+        slopes = local_slopes(tau[sel], loss[sel], fit.params["L0"], self.window_decades)
+        for w in slopes:
+            centre = math.sqrt(w["tau_lo"] * w["tau_hi"])
+            step_at = int(round(float(np.interp(math.log(centre), np.log(tau[sel]), steps[sel]))))
+            yield Measurement("local_slope", w["slope"], stderr=w["stderr"], n=w["n"], step=step_at,
+                              extra={"tau_window": [w["tau_lo"], w["tau_hi"]]})
+
+        if logit_std is not None:
+            ok = sel & np.isfinite(logit_std) & (logit_std > 0)
+            if ok.sum() >= self.min_points:
+                slope, err = ols_slope(np.log(tau[ok]), np.log(logit_std[ok]))
+                yield Measurement("logit_scale_exponent", slope, stderr=err, n=int(ok.sum()),
+                                  extra={"expected": "about +1/3 in the peaked regime"})
+
+        verdict, why = self._power_law_verdict(fit.rsle, [w["slope"] for w in slopes])
+        yield Measurement("power_law", float(verdict), n=fit.n, message=why,
+                          warning=None if verdict else f"no power law: {why}",
+                          extra={"local_slopes": [w["slope"] for w in slopes]})
+
+    def _power_law_verdict(self, rsle: float | None, slopes: list[float]) -> tuple[bool, str]:
+        """A power law has a roughly constant local slope and a good fit: an exponential crash
+        (target not peaked enough) shows as local slopes growing window after window."""
+        if rsle is not None and rsle > self.max_rsle:
+            return False, f"fit RSLE {rsle:.3f} > {self.max_rsle}"
+        positive = [s for s in slopes if s > 0]
+        if len(slopes) < 2:
+            return True, "too few windows to test the local slope (fit only)"
+        if len(positive) < len(slopes):
+            return False, "local slope is not positive in every window"
+        ratio = max(positive) / min(positive)
+        if ratio > self.max_slope_ratio:
+            return False, f"local slopes vary by a factor {ratio:.2f} > {self.max_slope_ratio}"
+        return True, f"local slopes within a factor {ratio:.2f}"
+
+    def plots(self, records, out_dir):
+        """Loss against tau on log-log axes with the fitted power law, one panel per model."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fits = records[(records["metric"] == self.name) & (records["measure"] == "alpha") & (records["status"] == "ok")]
+        if fits.empty:
+            return []
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for _, r in fits.iterrows():
+            e = json.loads(r["extra"]) if isinstance(r["extra"], str) else (r["extra"] or {})
+            inputs = e.get("inputs") or {}
+            tau, loss = np.array(inputs.get("tau", [])), np.array(inputs.get("loss", []))
+            if not len(tau):
+                continue
+            line = ax.loglog(tau, loss, ".", label=f"{r['model_id']} (alpha={r['value']:.3f})")[0]
+            params = records[(records["model_id"] == r["model_id"]) & (records["metric"] == self.name)]
+            p = dict(zip(params["measure"], params["value"]))
+            if "c" in p and "L0" in p:
+                ax.loglog(tau, p["c"] * tau ** (-r["value"]) + p["L0"], "-", color=line.get_color())
+        ax.set_xlabel("tau (cumulative learning rate)")
+        ax.set_ylabel("loss")
+        ax.legend(fontsize=6)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        path = out_dir / "time_scaling.png"
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        return [path]

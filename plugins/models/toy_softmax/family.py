@@ -1,0 +1,248 @@
+"""The toy softmax family: trains its configurations once (batched), caches them, serves checkpoints."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import logging
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from harness.api import Checkpoint, CheckpointRef, ModelFamily, check_choice, check_range
+from harness.lm import select_names
+from harness_plugins.models.toy_softmax.train import ToyConfig, TrainResult, checkpoint_steps, rms_normalise, train
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+
+
+def _as_list(value: Any) -> list[Any]:
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    return [value]
+
+
+class ToySoftmaxFamily(ModelFamily):
+    """Teacher-student linear softmax head learning a peaked target (the one-third time-scaling model)."""
+
+    name = "toy_softmax"
+
+    def __init__(
+        self,
+        *,
+        d: int = 32,
+        vocab: int = 128,
+        temperature: float | Sequence[float] = 1e-3,
+        optimizer: str = "sgd",
+        lr: float | Sequence[float] = 30.0,
+        lr_schedule: str = "constant",
+        batch_size: int = 1024,
+        steps: int = 2000,
+        seeds: int | Sequence[int] = 0,
+        n_checkpoints: int = 24,
+        eval_batches: int = 4,
+        device: str = "cpu",
+        data: dict[str, Any] | None = None,
+        workdir: str | None = None,
+    ):
+        super().__init__(data=data, workdir=workdir)
+        check_range("d", d, 1)
+        check_range("vocab", vocab, 2)
+        self.temperatures = [float(t) for t in _as_list(temperature)]
+        for t in self.temperatures:
+            check_range("temperature", t, 0, low_inclusive=False)
+        check_choice("optimizer", optimizer, ("sgd", "adam"))
+        self.lrs = [float(x) for x in _as_list(lr)]
+        for x in self.lrs:
+            check_range("lr", x, 0, low_inclusive=False)
+        check_choice("lr_schedule", lr_schedule, ("constant", "cosine"))
+        check_range("batch_size", batch_size, 1)
+        check_range("steps", steps, 1)
+        check_range("n_checkpoints", n_checkpoints, 1)
+        check_range("eval_batches", eval_batches, 1)
+        self.seeds = [int(s) for s in _as_list(seeds)]
+        self.d, self.vocab, self.optimizer, self.lr_schedule = int(d), int(vocab), optimizer, lr_schedule
+        self.batch_size, self.steps, self.n_checkpoints = int(batch_size), int(steps), int(n_checkpoints)
+        self.n_eval = int(eval_batches)
+        self.device = device
+        self.data_seed = int((data or {}).get("seed", 1234))
+        self.configs = [
+            ToyConfig(t, lr, s) for t, lr, s in itertools.product(self.temperatures, self.lrs, self.seeds)
+        ]
+        self._result: TrainResult | None = None
+
+    # -- identity -----------------------------------------------------------------------
+    @property
+    def size(self) -> str:
+        return f"d{self.d}-V{self.vocab}"
+
+    def model_id(self, cfg: ToyConfig) -> str:
+        return f"toy_softmax/T={cfg.temperature:g},lr={cfg.lr:g},seed={cfg.seed}"
+
+    def _train_key(self) -> str:
+        spec = {
+            "v": FORMAT_VERSION, "d": self.d, "vocab": self.vocab, "optimizer": self.optimizer,
+            "schedule": self.lr_schedule, "batch": self.batch_size, "steps": self.steps,
+            "n_ckpt": self.n_checkpoints, "configs": [vars(c) for c in self.configs],
+        }
+        return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+
+    # -- training (once, cached) --------------------------------------------------------
+    def prepare(self) -> None:
+        if self._result is not None:
+            return
+        cache = self.workdir / self._train_key() if self.workdir else None
+        if cache and (cache / "trained.safetensors").exists():
+            self._result = self._load_cache(cache)
+            logger.info("toy_softmax: reusing trained configurations from %s", cache)
+            return
+        logger.info("toy_softmax: training %d configurations x %d steps (batched)", len(self.configs), self.steps)
+        self._result = train(
+            self.configs, d=self.d, vocab=self.vocab, steps=self.steps, batch_size=self.batch_size,
+            optimizer=self.optimizer, ckpt_steps=checkpoint_steps(self.steps, self.n_checkpoints),
+            lr_schedule=self.lr_schedule, device=self.device,
+        )
+        if cache:
+            self._save_cache(cache, self._result)
+
+    def _save_cache(self, cache: Path, r: TrainResult) -> None:
+        cache.mkdir(parents=True, exist_ok=True)
+        tmp = cache / "trained.safetensors.tmp"
+        save_file(
+            {"student": r.student.contiguous(), "teacher": r.teacher.contiguous(),
+             "train_loss": r.train_loss.contiguous(), "learning_rate": r.learning_rate.contiguous(),
+             "ckpt_steps": torch.tensor(r.ckpt_steps)},
+            str(tmp),
+        )
+        tmp.replace(cache / "trained.safetensors")
+
+    def _load_cache(self, cache: Path) -> TrainResult:
+        t = load_file(str(cache / "trained.safetensors"))
+        return TrainResult(self.configs, t["ckpt_steps"].tolist(), t["student"], t["teacher"], t["train_loss"],
+                           t["learning_rate"])
+
+    @property
+    def result(self) -> TrainResult:
+        self.prepare()
+        assert self._result is not None
+        return self._result
+
+    # -- the family interface -----------------------------------------------------------
+    def checkpoints(self) -> Iterator[CheckpointRef]:
+        r = self.result
+        n_params = self.d * self.vocab
+        for k, cfg in enumerate(self.configs):
+            for j, step in enumerate(r.ckpt_steps):
+                lr = float(r.learning_rate[k, min(step, self.steps - 1)])
+                yield CheckpointRef(
+                    family=self.name, model_id=self.model_id(cfg), size=self.size, step=step,
+                    tokens_seen=step * self.batch_size, learning_rate=lr, n_params=n_params,
+                    meta={"config_index": k, "ckpt_index": j, "temperature": cfg.temperature, "lr": cfg.lr,
+                          "seed": cfg.seed},
+                )
+
+    def load(self, ref: CheckpointRef) -> ToySoftmaxCheckpoint:
+        r = self.result
+        k, j = ref.meta["config_index"], ref.meta["ckpt_index"]
+        return ToySoftmaxCheckpoint(self, ref, k, r.student[k, j].clone())
+
+    def history(self, model_id: str):
+        import pandas as pd
+
+        r = self.result
+        k = next(i for i, c in enumerate(self.configs) if self.model_id(c) == model_id)
+        lr = r.learning_rate[k].double()
+        return pd.DataFrame({
+            "step": range(1, self.steps + 1),
+            "loss": r.train_loss[k].double().numpy(),
+            "learning_rate": lr.numpy(),
+            "tau": torch.cumsum(lr, 0).numpy(),
+            "tokens_seen": [s * self.batch_size for s in range(1, self.steps + 1)],
+        })
+
+    def describe(self) -> dict[str, Any]:
+        return {"configs": [vars(c) for c in self.configs], "size": self.size, "train_key": self._train_key()}
+
+    # -- evaluation data shared by every checkpoint -------------------------------------
+    def eval_inputs(self, seed: int) -> list[torch.Tensor]:
+        g = torch.Generator().manual_seed(self.data_seed * 1_000_003 + seed)
+        return [rms_normalise(torch.randn(self.batch_size, self.d, generator=g)) for _ in range(self.n_eval)]
+
+
+class ToySoftmaxCheckpoint(Checkpoint):
+    """One student at one step. Batches are input tensors (B, d); the loss is KL(teacher || student)."""
+
+    WEIGHT = "student.weight"
+
+    def __init__(self, family: ToySoftmaxFamily, ref: CheckpointRef, index: int, weight: torch.Tensor):
+        super().__init__(ref)
+        self.family, self.index = family, index
+        self.temperature = family.configs[index].temperature
+        self.teacher = family.result.teacher[index]
+        self._model = torch.nn.Linear(family.d, family.vocab, bias=False)
+        with torch.no_grad():
+            self._model.weight.copy_(weight)
+        self._model.eval()
+        self._batches: list[torch.Tensor] | None = None
+
+    @property
+    def model(self) -> torch.nn.Module:
+        return self._model
+
+    def eval_batches(self, split: str = "val") -> list[torch.Tensor]:
+        if split not in ("val", "train"):
+            raise NotImplementedError(f"toy_softmax has splits 'val' and 'train', not {split!r}")
+        seed = self.family.configs[self.index].seed + (0 if split == "val" else 7919)
+        if split != "val":
+            return self.family.eval_inputs(seed)
+        if self._batches is None:
+            self._batches = self.family.eval_inputs(seed)
+        return self._batches
+
+    @property
+    def data_fingerprint(self) -> str:
+        cfg = self.family.configs[self.index]
+        spec = f"toy_softmax:val:seed={cfg.seed}:data_seed={self.family.data_seed}:n={self.family.n_eval}x{self.family.batch_size}:d={self.family.d}"
+        return hashlib.sha256(spec.encode()).hexdigest()[:16]
+
+    def teacher_logits(self, batch: torch.Tensor) -> torch.Tensor:
+        return batch @ self.teacher.T / self.temperature
+
+    def logits(self, batch: Any, model: torch.nn.Module | None = None) -> torch.Tensor:
+        return (model or self._model)(batch)
+
+    def per_example_loss(self, batch: Any, model: torch.nn.Module | None = None) -> torch.Tensor:
+        log_pt = torch.log_softmax(self.teacher_logits(batch), dim=-1)
+        log_ps = torch.log_softmax(self.logits(batch, model), dim=-1)
+        return (log_pt.exp() * (log_pt - log_ps)).sum(-1)
+
+    # -- fields ---------------------------------------------------------------------------
+    def field_kinds(self) -> tuple[str, ...]:
+        return ("weights", "delta", "gradient")
+
+    def field(self, kind: str, modules: Sequence[str] | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+        if not select_names([self.WEIGHT], modules):
+            return iter(())
+        weight = self._model.weight.detach()
+        if kind == "weights":
+            return iter([(self.WEIGHT, weight)])
+        if kind == "delta":
+            if self.previous is None:
+                raise ValueError(f"{self.ref.model_id} step {self.ref.step}: no previous selected checkpoint for 'delta'")
+            j = self.previous.meta["ckpt_index"]
+            prev = self.family.result.student[self.index, j]
+            return iter([(self.WEIGHT, weight - prev)])
+        if kind == "gradient":
+            w = self._model.weight.detach().clone().requires_grad_(True)
+            batch = self.eval_batches("val")[0]
+            log_pt = torch.log_softmax(self.teacher_logits(batch), dim=-1)
+            loss = (log_pt.exp() * (log_pt - torch.log_softmax(batch @ w.T, dim=-1))).sum(-1).mean()
+            (grad,) = torch.autograd.grad(loss, w)
+            return iter([(self.WEIGHT, grad)])
+        return super().field(kind, modules)

@@ -1,0 +1,143 @@
+"""Batched training of the one-third teacher-student softmax model (Liu et al. 2026, exp-1).
+
+K configurations (temperatures x learning rates x seeds) train as ONE tensor program: every
+weight is a (K, V, d) tensor and each step is a handful of batched matmuls. The gradient of
+KL(teacher || student) with respect to the student logits is exact and cheap,
+``(softmax(student) - softmax(teacher)) / B``, so we form it directly instead of running
+autograd (which would only rebuild the same three matmuls with more overhead). Adam is written
+out for the same reason: per-configuration learning rates on one batched tensor, which
+``torch.optim.Adam`` (one lr per parameter group) cannot express without splitting the batch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+ADAM_BETAS = (0.9, 0.999)
+ADAM_EPS = 1e-8
+
+
+@dataclass(frozen=True)
+class ToyConfig:
+    temperature: float
+    lr: float
+    seed: int
+
+
+def rms_normalise(x: torch.Tensor) -> torch.Tensor:
+    """``F.rms_norm`` without weight and eps = fp32 machine epsilon, as in the paper's code."""
+    return F.rms_norm(x, (x.shape[-1],), eps=torch.finfo(torch.float32).eps)
+
+
+def teacher_weights(d: int, vocab: int, seed: int) -> torch.Tensor:
+    """``nn.Linear(d, V, bias=False)`` default init, U(+-1/sqrt(d)), fixed by seed."""
+    g = torch.Generator().manual_seed(10_007 * seed + 1)
+    bound = 1.0 / math.sqrt(d)
+    return (torch.rand(vocab, d, generator=g) * 2 - 1) * bound
+
+
+def lr_at(step: int, base: torch.Tensor, steps: int, schedule: str) -> torch.Tensor:
+    if schedule == "cosine":  # cosine to 10% of the base rate
+        return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / max(steps, 1))))
+    return base
+
+
+def checkpoint_steps(steps: int, n: int) -> list[int]:
+    """Step 0 plus ``n`` log-spaced integer steps in [1, steps] (duplicates merged)."""
+    if n <= 0 or steps <= 0:
+        return [0]
+    grid = {0, steps}
+    for j in range(n):
+        grid.add(int(round(math.exp(math.log(steps) * j / max(n - 1, 1)))))
+    return sorted(s for s in grid if 0 <= s <= steps)
+
+
+@dataclass
+class TrainResult:
+    configs: list[ToyConfig]
+    ckpt_steps: list[int]
+    student: torch.Tensor  # (K, n_ckpt, V, d) student weights at each checkpoint
+    teacher: torch.Tensor  # (K, V, d)
+    train_loss: torch.Tensor  # (K, steps) loss of the fresh batch before each update
+    learning_rate: torch.Tensor  # (K, steps) learning rate of each update
+
+
+def kl_and_grad(x: torch.Tensor, w_s: torch.Tensor, w_t: torch.Tensor, temps: torch.Tensor):
+    """Per-config mean KL(teacher||student) and its gradient wrt the student weights.
+
+    x: (K, B, d); w_s, w_t: (K, V, d); temps: (K,). Returns (loss (K,), grad (K, V, d)).
+    """
+    batch = x.shape[1]
+    t_logits = torch.bmm(x, w_t.transpose(1, 2)) / temps[:, None, None]
+    s_logits = torch.bmm(x, w_s.transpose(1, 2))
+    log_pt = torch.log_softmax(t_logits, dim=-1)
+    log_ps = torch.log_softmax(s_logits, dim=-1)
+    p_t = log_pt.exp()
+    loss = (p_t * (log_pt - log_ps)).sum(-1).mean(-1)
+    grad = torch.bmm((log_ps.exp() - p_t).transpose(1, 2), x) / batch
+    return loss, grad
+
+
+def train(
+    configs: Sequence[ToyConfig],
+    *,
+    d: int,
+    vocab: int,
+    steps: int,
+    batch_size: int,
+    optimizer: str,
+    ckpt_steps: Sequence[int],
+    lr_schedule: str = "constant",
+    device: str = "cpu",
+) -> TrainResult:
+    """Train every configuration at once; inputs are drawn per seed (configs sharing a seed see
+    the same stream of fresh batches, as a loop over temperatures with one seed would)."""
+    k = len(configs)
+    dev = torch.device(device)
+    seeds = sorted({c.seed for c in configs})
+    seed_index = torch.tensor([seeds.index(c.seed) for c in configs], device=dev)
+    gens = [torch.Generator(device=dev).manual_seed(s) for s in seeds]
+    temps = torch.tensor([c.temperature for c in configs], device=dev)
+    base_lr = torch.tensor([c.lr for c in configs], device=dev)
+    w_t = torch.stack([teacher_weights(d, vocab, c.seed) for c in configs]).to(dev)
+    w_s = torch.zeros(k, vocab, d, device=dev)
+    m = torch.zeros_like(w_s) if optimizer == "adam" else None
+    v = torch.zeros_like(w_s) if optimizer == "adam" else None
+    want = set(ckpt_steps)
+    saved: dict[int, torch.Tensor] = {}
+    losses = torch.empty(k, steps)
+    lrs = torch.empty(k, steps)
+    if 0 in want:
+        saved[0] = w_s.clone()
+    for step in range(steps):
+        xs = torch.stack([torch.randn(batch_size, d, generator=g, device=dev) for g in gens])
+        x = rms_normalise(xs)[seed_index] if len(seeds) > 1 else rms_normalise(xs).expand(k, -1, -1)
+        loss, grad = kl_and_grad(x, w_s, w_t, temps)
+        lr = lr_at(step, base_lr, steps, lr_schedule)
+        if optimizer == "adam":
+            b1, b2 = ADAM_BETAS
+            m.mul_(b1).add_(grad, alpha=1 - b1)
+            v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
+            m_hat = m / (1 - b1 ** (step + 1))
+            v_hat = v / (1 - b2 ** (step + 1))
+            w_s -= lr[:, None, None] * m_hat / (v_hat.sqrt() + ADAM_EPS)
+        else:
+            w_s -= lr[:, None, None] * grad
+        losses[:, step] = loss.detach().cpu()
+        lrs[:, step] = lr.cpu()
+        if step + 1 in want:
+            saved[step + 1] = w_s.clone()
+    order = sorted(saved)
+    return TrainResult(
+        configs=list(configs),
+        ckpt_steps=order,
+        student=torch.stack([saved[s] for s in order], dim=1).cpu(),
+        teacher=w_t.cpu(),
+        train_loss=losses,
+        learning_rate=lrs,
+    )
