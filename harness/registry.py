@@ -61,9 +61,13 @@ class PluginInfo:
     description: str
 
 
-def _docstring_first_line(target: str) -> str:
-    """Read a class's docstring from source without importing its module (keeps ls light)."""
+def _docstring_first_line(target: str, _depth: int = 0) -> str:
+    """Read a class's docstring from source without importing its module (keeps ``ls`` light).
+
+    Follows ``from x import Name`` re-exports (a plugin package's ``__init__``) a few levels.
+    """
     module, _, qualname = target.partition(":")
+    name = qualname.split(".")[-1]
     try:
         spec = importlib.util.find_spec(module)
         if spec is None or not spec.origin or not spec.origin.endswith(".py"):
@@ -73,9 +77,17 @@ def _docstring_first_line(target: str) -> str:
     except (ImportError, OSError, SyntaxError, ValueError):
         return ""
     for node in tree.body:
-        if isinstance(node, ast.ClassDef) and node.name == qualname.split(".")[-1]:
-            doc = ast.get_docstring(node) or ""
-            return doc.strip().splitlines()[0] if doc.strip() else ""
+        if isinstance(node, ast.ClassDef) and node.name == name:
+            doc = (ast.get_docstring(node) or "").strip()
+            return " ".join(doc.split("\n\n")[0].split()) if doc else ""
+    for node in tree.body:
+        if isinstance(node, ast.ImportFrom) and node.module and _depth < 3:
+            if any(alias.name == name for alias in node.names):
+                source = node.module
+                if node.level:  # relative import
+                    base = module.rsplit(".", node.level - (1 if spec.submodule_search_locations else 0))[0]
+                    source = f"{base}.{node.module}" if node.level else node.module
+                return _docstring_first_line(f"{source}:{name}", _depth + 1)
     return ""
 
 

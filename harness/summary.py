@@ -3,32 +3,54 @@
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 logger = logging.getLogger("harness")
 
 
-def results_table(frame: Any, limit: int = 40) -> Any:
-    """A compact rich table: trajectory/suite results, and checkpoint results at each model's last step."""
+def _cell(value: Any, stderr: Any, status: str) -> str:
+    if status != "ok":
+        return status
+    if value is None or value != value:
+        return "nan"
+    text = f"{value:.4g}"
+    if stderr is not None and stderr == stderr:
+        text += f" ± {stderr:.2g}"
+    return text
+
+
+def results_table(frame: Any, max_columns: int = 8) -> Any:
+    """One row per model: its final checkpoint's measures and its trajectory/suite results.
+
+    Step-resolved detail (local slopes, per-layer values) stays in the report files.
+    """
     from rich.table import Table
 
-    table = Table(title="results", show_lines=False)
-    for col in ("model_id", "step", "metric", "measure", "value", "status"):
-        table.add_column(col, justify="right" if col in ("step", "value") else "left")
+    table = Table(title="results (final checkpoint per model)")
+    table.add_column("model")
     if frame.empty:
         return table
-    last = frame.groupby("model_id")["step"].transform("max")
-    shown = frame[(frame["scope"].isin(["trajectory", "suite"])) | (frame["step"] == last)]
-    shown = shown[shown["layer"].isna()]
-    for _, r in shown.head(limit).iterrows():
-        if r["value"] is None or r["value"] != r["value"]:
-            value = "-"
-        else:
-            value = f"{r['value']:.4g}" + (f" ± {r['stderr']:.2g}" if r["stderr"] == r["stderr"] and r["stderr"] is not None else "")
-        status = r["status"] if r["status"] == "ok" else f"{r['status']}: {str(r['message'])[:60]}"
-        table.add_row(str(r["model_id"]), str(r["step"]), r["metric"], str(r["measure"]), value, status)
-    if len(shown) > limit:
-        table.caption = f"{len(shown) - limit} more rows in the report files"
+    rows = frame[frame["layer"].isna()].copy()
+    last = rows.groupby("model_id")["step"].transform("max")
+    rows = rows[(rows["step"] == last) | rows["step"].isna()]
+    rows = rows[rows["measure"] != "*"]
+    rows["column"] = rows["measure"] + rows["task"].map(lambda t: f"[{t}]" if t else "")
+    clash = rows.groupby("column")["metric"].transform("nunique") > 1
+    rows.loc[clash, "column"] = rows.loc[clash, "metric"] + "." + rows.loc[clash, "column"]
+    columns = list(dict.fromkeys(rows.sort_values(["scope", "metric"])["column"]))[:max_columns]
+    for col in columns:
+        table.add_column(col, justify="right")
+    prefix = os.path.commonprefix([str(m) for m in rows["model_id"].unique()])
+    prefix = prefix[: prefix.rfind("/") + 1] if rows["model_id"].nunique() > 1 else ""
+    for model_id, group in rows.groupby("model_id", sort=True):
+        by_col = {r["column"]: _cell(r["value"], r["stderr"], r["status"]) for _, r in group.iterrows()}
+        table.add_row(str(model_id)[len(prefix):], *[by_col.get(c, "") for c in columns])
+    if prefix:
+        table.title += f" — {prefix}…"
+    hidden = len(set(rows["column"])) - len(columns)
+    if hidden > 0:
+        table.caption = f"{hidden} more columns in the report files"
     return table
 
 
@@ -37,7 +59,7 @@ def finish_run(spec: Any, summary: Any) -> None:
 
     from harness import store
 
-    console = Console(stderr=False)
+    console = Console(stderr=False, width=None if os.isatty(1) else 160)
     try:
         frame = store.load_results(spec.run_root)
     except Exception as exc:  # noqa: BLE001
