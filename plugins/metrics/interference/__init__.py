@@ -1,0 +1,10 @@
+"""The ``interference`` metric plugin: loss-change interference and gradient opposition.
+
+``python -m harness model=<family> metric=interference``; see docs/interference.md.
+"""
+
+from __future__ import annotations
+
+from .metric import InterferenceMetric
+
+__all__ = ["InterferenceMetric"]
