@@ -1,0 +1,122 @@
+"""Reports: leaderboard, relation table, run comparison, plots and a self-contained HTML page.
+
+Pure functions of records (the frame `harness.store.load_results` returns); family- and
+metric-agnostic; no torch. The runner calls `write_run_report` at the end of every run, and the
+``harness`` CLI gets two subcommands from `add_commands`::
+
+    harness report results/run1 results/run2 --format terminal,md,csv,html --out report/
+    harness compare results/a results/b --fail-if value:5%
+
+    >>> from harness.report import leaderboard, relation, compare
+    >>> leaderboard(frame).display          # strings with ↑/↓ and ± stderr
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["add_commands", "compare", "leaderboard", "relation", "write_report", "write_run_report"]
+
+
+def leaderboard(frame: pd.DataFrame, measures=None, **kw: Any):
+    from harness.report.tables import leaderboard as _lb
+
+    return _lb(frame, measures, **kw)
+
+
+def relation(frame: pd.DataFrame, performance=None, **kw: Any):
+    from harness.report.tables import DEFAULT_PERFORMANCE
+    from harness.report.tables import relation as _rel
+
+    return _rel(frame, performance or DEFAULT_PERFORMANCE, **kw)
+
+
+def compare(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
+    from harness.report.compare import compare as _cmp
+
+    return _cmp(a, b)
+
+
+def write_report(frame: pd.DataFrame, out_dir: Path, *, formats: tuple[str, ...] = ("md", "csv", "parquet", "html"),
+                 title: str = "harness report", measures=None, performance=None,
+                 n_boot: int = 1000, n_perm: int = 1000, plots: bool = True) -> tuple[list[Path], list[Any]]:
+    """Write every table (and the HTML page) under ``out_dir``; returns (files, tables).
+
+    Robust by design: a section that fails is logged and named in the HTML, never raised, so
+    a report over partial or odd records still says what it can.
+    """
+    from harness.report import html as H
+    from harness.report import plots as P
+    from harness.report.tables import DEFAULT_PERFORMANCE, Table
+    from harness.report.tables import leaderboard as _lb
+    from harness.report.tables import relation as _rel
+    from harness.report.writers import write_table
+
+    import pandas as pd
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    notes: list[str] = []
+    files: list[Path] = []
+
+    def safe(name: str, fn, default):
+        try:
+            return fn()
+        except Exception as exc:  # noqa: BLE001 (a report section must not lose the others)
+            logger.warning("report: %s failed: %s", name, exc, exc_info=logger.isEnabledFor(logging.DEBUG))
+            notes.append(f"{name} failed: {type(exc).__name__}: {exc}")
+            return default
+
+    def failed(name: str) -> Table:
+        return Table(name, pd.DataFrame(), pd.DataFrame(), note="failed; see the log")
+
+    frame = frame if frame is not None else pd.DataFrame()
+    tables = [
+        safe("leaderboard", lambda: _lb(frame, measures), failed("leaderboard")),
+        safe("relation", lambda: _rel(frame, performance or DEFAULT_PERFORMANCE, n_boot=n_boot, n_perm=n_perm),
+             failed("relation")),
+        safe("status", lambda: H.status_table(frame), failed("status")),
+    ]
+    for t in tables:
+        files += safe(f"writing {t.name}", lambda t=t: write_table(t, out_dir, formats), [])
+    if "html" in formats:
+        figs: list[tuple[str, list[Path]]] = []
+        if plots and not frame.empty:
+            fig_dir = out_dir / "figures"
+            fig_dir.mkdir(exist_ok=True)
+            figs = [
+                ("loss curves", safe("loss curves", lambda: P.loss_curves(frame, fig_dir), [])),
+                ("metric figures", safe("metric figures", lambda: P.plugin_plots(frame, fig_dir), [])),
+                ("finite size (log-log)", safe("finite size", lambda: P.finite_size(frame, fig_dir), [])),
+                ("observable vs performance", safe("scatter", lambda: P.scatter(frame, tables[1].data, fig_dir), [])),
+            ]
+        page = H.render(title, [(t.name, t) for t in tables], figs, notes)
+        path = out_dir / "report.html"
+        path.write_text(page, encoding="utf-8")
+        files.append(path)
+    return files, tables
+
+
+def write_run_report(run_dir: Path, frame: pd.DataFrame) -> list[Path]:
+    """What the runner calls at the end of a run: ``<run_dir>/report/`` (never raises)."""
+    try:
+        run_dir = Path(run_dir)
+        files, _ = write_report(frame, run_dir / "report", title=f"harness run {run_dir.name}")
+        return files
+    except Exception as exc:  # noqa: BLE001 (the run's records are safe; the report is extra)
+        logger.warning("run report failed: %s", exc)
+        return []
+
+
+def add_commands(subparsers: Any) -> None:
+    """Register ``report`` and ``compare`` on the harness CLI (argparse sub-parsers)."""
+    from harness.report.cli import add_commands as _add
+
+    _add(subparsers)

@@ -1,0 +1,167 @@
+"""Figures for the HTML report (matplotlib, Agg backend, PNG): pure functions of records.
+
+* `loss_curves`: every model-level ``loss`` series against step, one line per model (log-log),
+  plus each metric plugin's own ``plots(records, out_dir)`` (e.g. deceleration fits).
+* `finite_size`: value against parameter count (log-log) at up to 6 steps, one panel per series.
+* `scatter`: observable against performance with a Theil-Sen trend line (robust, scipy).
+
+Each function returns the files it wrote and never raises for missing data (it writes nothing).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from harness.report.tables import model_level, series_label
+
+logger = logging.getLogger(__name__)
+
+MAX_FINITE_SIZE = 8
+MAX_SCATTER = 12
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _positive_log(ax, x, y) -> None:
+    if (np.asarray(x) > 0).all():
+        ax.set_xscale("log")
+    if (np.asarray(y) > 0).all():
+        ax.set_yscale("log")
+
+
+def loss_curves(frame: pd.DataFrame, out_dir: Path) -> list[Path]:
+    f = model_level(frame)
+    f = f[f["measure"] == "loss"]
+    if f.empty:
+        return []
+    plt = _plt()
+    files = []
+    for (metric, task), g in f.groupby(["metric", f["task"].fillna("")], sort=True):
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for model_id, gm in g.sort_values("step").groupby("model_id", sort=True):
+            gm = gm[gm["step"] > 0]
+            ax.plot(gm["step"], gm["value"], marker="o", ms=3, label=str(model_id))
+        if ax.lines:
+            _positive_log(ax, g["step"][g["step"] > 0], g["value"])
+        ax.set_xlabel("step")
+        ax.set_ylabel(series_label(metric, "loss", task or None))
+        ax.legend(fontsize=7)
+        ax.set_title(f"{series_label(metric, 'loss', task or None)} over training")
+        path = out_dir / f"loss_{metric}{'_' + task if task else ''}.png"
+        fig.tight_layout()
+        fig.savefig(path, dpi=90)
+        plt.close(fig)
+        files.append(path)
+    return files
+
+
+def plugin_plots(frame: pd.DataFrame, out_dir: Path) -> list[Path]:
+    """Call ``plots(records, out_dir)`` of every metric in the records that defines one."""
+    from harness.registry import metrics
+
+    files: list[Path] = []
+    reg = metrics()
+    for name in sorted(frame["metric"].dropna().unique()):
+        if name not in reg:
+            continue
+        try:
+            cls = reg.get(name)
+            from harness.api import Metric
+
+            if getattr(cls, "plots", Metric.plots) is Metric.plots:
+                continue  # the base class draws nothing
+            sub = out_dir / name
+            sub.mkdir(parents=True, exist_ok=True)
+            out = cls().plots(frame[frame["metric"] == name].reset_index(drop=True), sub)
+            files += [Path(p) for p in (out or [])]
+        except Exception as exc:  # noqa: BLE001 (a plugin's figure must not break the report)
+            logger.warning("metric %s: plots() failed: %s", name, exc)
+    return files
+
+
+def finite_size(frame: pd.DataFrame, out_dir: Path) -> list[Path]:
+    f = model_level(frame)
+    f = f[f["n_params"].notna()]
+    if f.empty or f["n_params"].nunique() < 2:
+        return []
+    plt = _plt()
+    files = []
+    f = f.assign(task=f["task"].fillna(""))
+    groups = [(k, g) for k, g in f.groupby(["metric", "measure", "task"], sort=True) if g["n_params"].nunique() >= 2]
+    groups.sort(key=lambda kg: (kg[0][0] != "lm_eval" and kg[0][1] != "loss", kg[0]))
+    for (metric, measure, task), g in groups[:MAX_FINITE_SIZE]:
+        steps = sorted(g["step"].unique())
+        shared = [s for s in steps if g[g["step"] == s]["n_params"].nunique() >= 2]
+        if not shared:
+            continue
+        pick = [shared[int(i)] for i in np.unique(np.linspace(0, len(shared) - 1, min(6, len(shared))).round())]
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for s in pick:
+            gs = g[g["step"] == s].groupby("n_params")["value"].mean()
+            ax.plot(gs.index, gs.values, marker="o", label=f"step {int(s)}")
+        _positive_log(ax, g["n_params"], g["value"])
+        label = series_label(metric, measure, task or None)
+        ax.set_xlabel("parameters")
+        ax.set_ylabel(label)
+        ax.set_title(f"finite size: {label}")
+        ax.legend(fontsize=7)
+        path = out_dir / f"size_{metric}_{measure}{'_' + task if task else ''}.png"
+        fig.tight_layout()
+        fig.savefig(path, dpi=90)
+        plt.close(fig)
+        files.append(path)
+    return files
+
+
+def scatter(frame: pd.DataFrame, relation: pd.DataFrame, out_dir: Path) -> list[Path]:
+    """Observable vs performance for the strongest relation rows (by |Spearman|)."""
+    from scipy import stats
+
+    from harness.report.tables import _points
+
+    if relation.empty or "spearman" not in relation:
+        return []
+    rel = relation[relation["spearman"].notna() & ~relation["observable"].str.startswith("log(")]
+    if rel.empty:
+        return []
+    rel = rel.assign(_a=-rel["spearman"].abs()).sort_values(["_a", "family", "observable", "performance"],
+                                                             kind="mergesort").head(MAX_SCATTER)
+    pts = _points(frame)
+    labels = {series_label(*c): c for c in pts.columns if isinstance(c, tuple)}
+    plt = _plt()
+    files = []
+    for i, r in enumerate(rel.itertuples(index=False)):
+        xs, ys = labels.get(r.observable), labels.get(r.performance)
+        if xs is None or ys is None:
+            continue
+        p = pts[pts["family"] == r.family]
+        ok = p[xs].notna() & p[ys].notna()
+        p = p[ok]
+        fig, ax = plt.subplots(figsize=(5, 4))
+        for model_id, g in p.groupby("model_id", sort=True):
+            ax.scatter(g[xs], g[ys], s=14, label=str(model_id))
+        if len(p) >= 3 and p[xs].nunique() > 1:
+            slope, icpt, _, _ = stats.theilslopes(p[ys], p[xs])
+            xx = np.linspace(p[xs].min(), p[xs].max(), 50)
+            ax.plot(xx, icpt + slope * xx, "k--", lw=1, label="Theil-Sen trend")
+        ax.set_xlabel(r.observable)
+        ax.set_ylabel(r.performance)
+        ax.set_title(f"{r.family}: rho={r.spearman:+.2f}", fontsize=9)
+        ax.legend(fontsize=6)
+        path = out_dir / f"scatter_{i:02d}.png"
+        fig.tight_layout()
+        fig.savefig(path, dpi=90)
+        plt.close(fig)
+        files.append(path)
+    return files

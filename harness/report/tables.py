@@ -1,0 +1,322 @@
+"""Tables derived from records: the leaderboard and the relation table (pure functions).
+
+    >>> frame = harness.load_results("results/run1")
+    >>> lb = leaderboard(frame)              # Table: .values/.stderr (numeric), .display (strings)
+    >>> rel = relation(frame, performance=("lm_eval:*",))
+
+Records follow harness/records.py. A *series* is one (metric, measure, task) at model level
+(``layer`` empty); it becomes a leaderboard column and a relation-table observable or
+performance measure. Selectors are globs ``metric:measure[:task]`` (``lm_eval:*``,
+``loss:loss``, ``*:acc:pydoc_mc``).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from harness.report import stats as S
+
+logger = logging.getLogger(__name__)
+
+ROW_KEYS = ["family", "size", "model_id", "checkpoint", "step"]
+SERIES_KEYS = ["metric", "measure", "task"]
+#: default "performance" measures for the relation table: downstream scores and held-out loss
+DEFAULT_PERFORMANCE = ("lm_eval:*", "loss:*")
+ARROWS = {True: "↑", False: "↓"}
+
+
+@dataclass
+class Table:
+    """A derived table: numbers for files, strings for display, and what a reader must know."""
+
+    name: str
+    data: pd.DataFrame  # numeric / machine-readable (CSV, Parquet)
+    display: pd.DataFrame  # formatted strings (terminal, Markdown, HTML)
+    footer: list[str] = field(default_factory=list)
+    note: str | None = None  # why the table is empty or partial
+
+    @property
+    def empty(self) -> bool:
+        return self.data.empty
+
+
+# ---- helpers --------------------------------------------------------------------------
+
+
+def series_label(metric: str, measure: str, task: str | None) -> str:
+    """Display name of a series: ``pydoc_mc/acc`` for tasks, ``loss.loss`` otherwise."""
+    return f"{task}/{measure}" if _present(task) else f"{metric}.{measure}"
+
+
+def _present(v) -> bool:
+    return v is not None and not (isinstance(v, float) and math.isnan(v)) and v != ""
+
+
+def matches(metric: str, measure: str, task: str | None, patterns: Sequence[str]) -> bool:
+    """True when ``metric:measure:task`` matches any glob (a 2-part pattern ignores task)."""
+    for pat in patterns:
+        parts = pat.split(":")
+        vals = [metric, measure, task or ""]
+        if all(fnmatch.fnmatchcase(str(v), p) for v, p in zip(vals, parts)):
+            return True
+    return False
+
+
+def fmt_value(v: float | None, se: float | None = None) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return ""
+    s = f"{v:.4g}"
+    if se is not None and not (isinstance(se, float) and math.isnan(se)):
+        s += f" ± {se:.2g}"
+    return s
+
+
+def model_level(frame: pd.DataFrame) -> pd.DataFrame:
+    """ok records at model level (no layer) that sit at a checkpoint (have model_id and step)."""
+    if frame.empty:
+        return frame
+    f = frame[(frame["status"] == "ok") & frame["layer"].isna() & frame["step"].notna() & frame["model_id"].notna()]
+    f = f[f["value"].notna()]
+    return f
+
+
+def _latest(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """One row per key (the last in store order: a re-run supersedes an earlier run)."""
+    return frame.drop_duplicates(keys, keep="last")
+
+
+def provenance_footer(frame: pd.DataFrame) -> list[str]:
+    """Runs, git sha(s) and config hashes the table was computed from."""
+    if frame.empty:
+        return []
+
+    def uniq(col: str) -> list[str]:
+        if col not in frame:
+            return []
+        return sorted({str(v) for v in frame[col].dropna().unique()})
+
+    lines = []
+    runs = uniq("run_id")
+    lines.append(f"runs: {', '.join(runs) or 'unknown'}")
+    shas = uniq("git_sha")
+    dirty = bool(frame["git_dirty"].fillna(False).astype(bool).any()) if "git_dirty" in frame else False
+    lines.append(f"git: {', '.join(s[:10] for s in shas) or 'unknown'}{' (dirty)' if dirty else ''}")
+    for col, label in (("model_config_hash", "model config"), ("metric_config_hash", "metric config")):
+        vals = uniq(col)
+        if vals:
+            lines.append(f"{label}: {', '.join(vals[:8])}{' ...' if len(vals) > 8 else ''}")
+    counts = frame["status"].value_counts().to_dict() if "status" in frame else {}
+    lines.append("records: " + ", ".join(f"{k} {counts.get(k, 0)}" for k in ("ok", "skipped", "error")))
+    return lines
+
+
+# ---- leaderboard -------------------------------------------------------------------------
+
+
+def leaderboard(frame: pd.DataFrame, measures: Sequence[str] | None = None, max_columns: int = 40) -> Table:
+    """Rows family x size x model_id x checkpoint ordered by step; a column per series.
+
+    ``measures`` are selectors (default: every model-level series, at most ``max_columns``,
+    downstream scores first). Headers carry ↑/↓ from higher_is_better; cells ``value ± stderr``.
+    """
+    footer = provenance_footer(frame)
+    f = model_level(frame)
+    if f.empty:
+        why = "no ok model-level records at a checkpoint" + (
+            f" ({len(frame)} records: " + ", ".join(f"{k} {v}" for k, v in frame["status"].value_counts().items()) + ")"
+            if not frame.empty else " (no records)"
+        )
+        return Table("leaderboard", pd.DataFrame(), pd.DataFrame(), footer, note=why)
+    f = f.copy()
+    f["task"] = f["task"].fillna("")
+    series = f[SERIES_KEYS].drop_duplicates().sort_values(SERIES_KEYS, kind="mergesort")
+    series = [tuple(r) for r in series.itertuples(index=False)]
+    if measures:
+        series = [s for s in series if matches(*s, patterns=measures)]
+    else:  # downstream scores first, then the rest, in name order
+        series.sort(key=lambda s: (s[0] != "lm_eval", s))
+    note = None
+    if len(series) > max_columns:
+        note = f"showing {max_columns} of {len(series)} series; choose with measures=[...]"
+        series = series[:max_columns]
+    if not series:
+        return Table("leaderboard", pd.DataFrame(), pd.DataFrame(), footer,
+                     note=f"no series matches {list(measures or [])}")
+    keep = pd.MultiIndex.from_tuples(series, names=SERIES_KEYS)
+    f = f[pd.MultiIndex.from_frame(f[SERIES_KEYS]).isin(keep)]
+    f = _latest(f, ROW_KEYS + SERIES_KEYS)
+    for c in ("size", "checkpoint"):
+        f[c] = f[c].fillna("")
+    # sizes in parameter order where known (70m before 160m), else by name
+    size_order = f.groupby(["family", "size"])["n_params"].max().rename("_np")
+    rows = f[ROW_KEYS].drop_duplicates().join(size_order, on=["family", "size"])
+    rows = rows.sort_values(["family", "_np", "size", "model_id", "step", "checkpoint"], kind="mergesort",
+                            na_position="last").drop(columns="_np")
+    idx = pd.MultiIndex.from_frame(rows)
+    keyed = f.set_index(ROW_KEYS + SERIES_KEYS)
+    values = keyed["value"].unstack(SERIES_KEYS).reindex(index=idx, columns=keep)
+    errs = keyed["stderr"].unstack(SERIES_KEYS).reindex(index=idx, columns=keep)
+    hib = f.groupby(SERIES_KEYS)["higher_is_better"].agg(lambda s: s.dropna().iloc[-1] if s.notna().any() else None)
+    labels = []
+    for s in series:
+        h = hib.get(s)
+        arrow = ARROWS.get(bool(h)) if h is not None and not (isinstance(h, float) and math.isnan(h)) else ""
+        labels.append(f"{series_label(*s)} {arrow}".strip())
+    # numeric table: value and stderr columns side by side
+    data = rows.reset_index(drop=True).copy()
+    disp = rows.reset_index(drop=True).copy()
+    disp["step"] = disp["step"].astype("Int64").astype(str)
+    for j, (s, lab) in enumerate(zip(series, labels)):
+        v, e = values.iloc[:, j].to_numpy(), errs.iloc[:, j].to_numpy()
+        data[series_label(*s)] = v
+        if np.isfinite(e.astype(float)).any():
+            data[series_label(*s) + " stderr"] = e
+        disp[lab] = [fmt_value(a, b if np.isfinite(b) else None) for a, b in zip(v.astype(float), e.astype(float))]
+    data["step"] = data["step"].astype("Int64")
+    return Table("leaderboard", data, disp, footer, note=note)
+
+
+# ---- relation ----------------------------------------------------------------------------
+
+
+def _points(frame: pd.DataFrame) -> pd.DataFrame:
+    """Wide frame: one row per (family, model_id, step), one column per series, plus covariates."""
+    f = model_level(frame).copy()
+    if f.empty:
+        return pd.DataFrame()
+    f["task"] = f["task"].fillna("")
+    f = _latest(f, ["family", "model_id", "step"] + SERIES_KEYS)
+    f["series"] = list(zip(f["metric"], f["measure"], f["task"]))
+    wide = f.pivot_table(index=["family", "model_id", "step"], columns="series", values="value", aggfunc="last")
+    meta = f.groupby(["family", "model_id", "step"]).agg(
+        size=("size", "last"), n_params=("n_params", "max"), tokens_seen=("tokens_seen", "max")
+    )
+    return meta.join(wide).reset_index()
+
+
+def _covariates(pts: pd.DataFrame) -> np.ndarray:
+    """log(step) as a cubic (a monotone time trend need not be linear in log step) plus size:
+    log(n_params) where known, else one indicator per size."""
+    ls = np.log1p(pts["step"].to_numpy(float))
+    cols = []
+    if np.ptp(ls) > 0:
+        z = (ls - ls.mean()) / ls.std()
+        cols += [z, z**2, z**3]
+    n_params = pts["n_params"].to_numpy(float)
+    if np.isfinite(n_params).all() and np.ptp(n_params) > 0:
+        cols.append(np.log(n_params))
+    else:
+        sizes = pts["size"].fillna("").astype(str)
+        for s in sorted(sizes.unique())[1:]:
+            cols.append((sizes == s).to_numpy(float))
+    return np.column_stack(cols) if cols else np.empty((len(pts), 0))
+
+
+def relation(
+    frame: pd.DataFrame,
+    performance: Sequence[str] = DEFAULT_PERFORMANCE,
+    observables: Sequence[str] | None = None,
+    *,
+    n_boot: int = 1000,
+    n_perm: int = 1000,
+    min_points: int = 5,
+    seed: int = 0,
+) -> Table:
+    """Every observable x performance measure: Spearman, Kendall (bootstrap 95% CIs), partial
+    correlation controlling for log(step) and size, block-permutation p (blocks = model_id)
+    and Benjamini-Hochberg q over the table; per family, with a ``log(tokens_seen)`` baseline row.
+    """
+    footer = provenance_footer(frame)
+    pts_all = _points(frame)
+    empty_cols = ["family", "observable", "performance", "n", "n_models", "spearman", "spearman_lo",
+                  "spearman_hi", "kendall", "kendall_lo", "kendall_hi", "partial_r", "partial_p", "perm_p", "q_bh"]
+    if pts_all.empty:
+        return Table("relation", pd.DataFrame(columns=empty_cols), pd.DataFrame(), footer,
+                     note="no ok model-level records at checkpoints")
+    rows = []
+    all_series = [c for c in pts_all.columns if isinstance(c, tuple)]
+    perf = [s for s in all_series if matches(*s, patterns=performance)]
+    obs = [s for s in all_series if s not in perf and (observables is None or matches(*s, patterns=observables))]
+    if not perf:
+        return Table("relation", pd.DataFrame(columns=empty_cols), pd.DataFrame(), footer,
+                     note=f"no performance measure among the records (selectors: {', '.join(performance)})")
+    for family, pts in pts_all.groupby("family", sort=True):
+        pts = pts.sort_values(["model_id", "step"], kind="mergesort").reset_index(drop=True)
+        tokens = pts["tokens_seen"].to_numpy(float)
+        base_name = "log(tokens_seen)" if np.isfinite(tokens).all() and (tokens > 0).all() else "log(1+step)"
+        base = np.log(tokens) if base_name == "log(tokens_seen)" else np.log1p(pts["step"].to_numpy(float))
+        cov_all = _covariates(pts)
+        candidates = [(base_name, base)] + [(series_label(*s), pts[s].to_numpy(float)) for s in obs if s in pts]
+        for p in perf:
+            if p not in pts:
+                continue
+            y_all = pts[p].to_numpy(float)
+            for name, x_all in candidates:
+                ok = np.isfinite(x_all) & np.isfinite(y_all)
+                n = int(ok.sum())
+                if n < min_points:
+                    continue
+                x, y = x_all[ok], y_all[ok]
+                blocks = pts["model_id"].to_numpy()[ok]
+                row = {"family": family, "observable": name, "performance": series_label(*p), "n": n,
+                       "n_models": int(len(set(blocks)))}
+                if np.ptp(x) == 0 or np.ptp(y) == 0:
+                    row["note"] = "constant"
+                    rows.append(row)
+                    continue
+                row["spearman"] = S.spearman(x, y)
+                row["spearman_lo"], row["spearman_hi"] = S.bootstrap_ci(x, y, S.spearman_batch,
+                                                                        n_resamples=n_boot, seed=seed)
+                row["kendall"] = S.kendall(x, y)
+                row["kendall_lo"], row["kendall_hi"] = S.bootstrap_ci(x, y, S.kendall_batch,
+                                                                      n_resamples=n_boot, seed=seed)
+                if name == base_name:  # the baseline IS the time covariate: partial is undefined
+                    row["partial_r"], row["partial_p"] = float("nan"), float("nan")
+                else:
+                    row["partial_r"], row["partial_p"], _ = S.partial_corr(x, y, cov_all[ok])
+                row["perm_p"] = S.block_permutation_pvalue(x, y, blocks, n_perm=n_perm, seed=seed)
+                rows.append(row)
+    data = pd.DataFrame(rows)
+    for c in empty_cols:
+        if c not in data:
+            data[c] = np.nan
+    if data.empty:
+        return Table("relation", data[empty_cols], pd.DataFrame(), footer,
+                     note=f"fewer than {min_points} checkpoints with both an observable and a performance measure")
+    data["q_bh"] = S.bh(data["perm_p"].to_numpy(float))
+    data["is_baseline"] = data["observable"].isin(["log(tokens_seen)", "log(1+step)"])
+    data = data.sort_values(["family", "performance", "is_baseline", "observable"], ascending=[True, True, False, True],
+                            kind="mergesort").drop(columns="is_baseline").reset_index(drop=True)
+    cols = empty_cols + (["note"] if "note" in data else [])
+    data = data[cols]
+    disp = pd.DataFrame({
+        "family": data["family"], "observable": data["observable"], "performance": data["performance"],
+        "n": data["n"].astype(int),
+        "spearman [95% CI]": [_ci(r, lo, hi) for r, lo, hi in zip(data.spearman, data.spearman_lo, data.spearman_hi)],
+        "kendall [95% CI]": [_ci(r, lo, hi) for r, lo, hi in zip(data.kendall, data.kendall_lo, data.kendall_hi)],
+        "partial r | log step, size": [fmt_value(v) for v in data["partial_r"]],
+        "perm p": [_p(v) for v in data["perm_p"]],
+        "BH q": [_p(v) for v in data["q_bh"]],
+    })
+    footer = footer + [
+        f"bootstrap: {n_boot} paired resamples (percentile); permutation: {n_perm} within-model_id shuffles; "
+        f"BH over {int(data['perm_p'].notna().sum())} tests; partial: cubic in log(1+step) + size",
+    ]
+    return Table("relation", data, disp, footer)
+
+
+def _ci(r: float, lo: float, hi: float) -> str:
+    if not np.isfinite(r):
+        return ""
+    return f"{r:+.3f} [{lo:+.2f}, {hi:+.2f}]" if np.isfinite(lo) else f"{r:+.3f}"
+
+
+def _p(p: float) -> str:
+    return "" if not np.isfinite(p) else (f"{p:.3f}" if p >= 0.001 else f"{p:.1e}")
