@@ -79,6 +79,13 @@ def check_group_choices(argv: list[str]) -> None:
                 raise HarnessError(unknown_name_message(kind, name, available))
 
 
+def print_error(message: str) -> None:
+    """One clear line (or a few) on stderr, never wrapped or highlighted, never a traceback."""
+    from rich.console import Console
+
+    Console(stderr=True, soft_wrap=True, highlight=False).print(f"[red]error:[/red] {message}")
+
+
 def run_from_config(cfg: Any) -> int:
     """Resolve the composed config and run one job; returns the process exit code."""
     from hydra.core.hydra_config import HydraConfig
@@ -125,24 +132,19 @@ def run_from_config(cfg: Any) -> int:
 
 def main() -> None:
     """``python -m harness``: checks, then hands the command line to Hydra."""
-    from rich.console import Console
-
-    console = Console(stderr=True)
     try:
         check_group_choices(sys.argv[1:])
     except HarnessError as exc:
-        console.print(f"[red]error:[/red] {exc}", highlight=False)
+        print_error(str(exc))
         sys.exit(EXIT_USER_ERROR)
     _hydra_entry()
 
 
 def _task(cfg: Any) -> None:
-    from rich.console import Console
-
     try:
         code = run_from_config(cfg)
     except HarnessError as exc:
-        Console(stderr=True).print(f"[red]error:[/red] {exc}", highlight=False)
+        print_error(str(exc))
         sys.exit(EXIT_USER_ERROR)
     if code:
         sys.exit(code)

@@ -48,7 +48,9 @@ def main(argv: list[str] | None = None) -> int:
             raise HarnessError(unknown_name_message("suite", suite, list(available)))
         path = available[suite].load()(**params)
     except HarnessError as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        from harness.app import print_error
+
+        print_error(str(exc))
         return 2
     console.print(f"built suite [bold]{suite}[/bold] -> {path}")
     return 0

@@ -84,13 +84,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from rich.console import Console
+    from harness.app import print_error
 
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except HarnessError as exc:
-        Console(stderr=True).print(f"[red]error:[/red] {exc}", highlight=False)
+        print_error(str(exc))
         return 2
 
 
