@@ -25,6 +25,7 @@ import importlib.util
 from dataclasses import dataclass
 from functools import cache
 from importlib.metadata import EntryPoint, entry_points
+from pathlib import Path
 from typing import Any
 
 from harness.api import ConfigError
@@ -68,13 +69,12 @@ def _docstring_first_line(target: str, _depth: int = 0) -> str:
     """
     module, _, qualname = target.partition(":")
     name = qualname.split(".")[-1]
+    origin = _module_source(module)
+    if origin is None:
+        return ""
     try:
-        spec = importlib.util.find_spec(module)
-        if spec is None or not spec.origin or not spec.origin.endswith(".py"):
-            return ""
-        with open(spec.origin, encoding="utf-8") as fh:
-            tree = ast.parse(fh.read())
-    except (ImportError, OSError, SyntaxError, ValueError):
+        tree = ast.parse(origin.read_text(encoding="utf-8"))
+    except (OSError, SyntaxError, ValueError):
         return ""
     for node in tree.body:
         if isinstance(node, ast.ClassDef) and node.name == name:
@@ -85,10 +85,31 @@ def _docstring_first_line(target: str, _depth: int = 0) -> str:
             if any(alias.name == name for alias in node.names):
                 source = node.module
                 if node.level:  # relative import
-                    base = module.rsplit(".", node.level - (1 if spec.submodule_search_locations else 0))[0]
-                    source = f"{base}.{node.module}" if node.level else node.module
+                    package = module if origin.name == "__init__.py" else module.rpartition(".")[0]
+                    base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                    source = f"{base}.{node.module}"
                 return _docstring_first_line(f"{source}:{name}", _depth + 1)
     return ""
+
+
+def _module_source(module: str) -> Path | None:
+    """The source file of a module, found WITHOUT importing it or its parent packages
+    (``find_spec('a.b')`` would execute ``a/__init__.py``, which may import torch)."""
+    top, _, rest = module.partition(".")
+    try:
+        spec = importlib.util.find_spec(top)
+    except (ImportError, ValueError):
+        return None
+    if spec is None:
+        return None
+    if not rest:
+        return Path(spec.origin) if spec.origin and spec.origin.endswith(".py") else None
+    for location in spec.submodule_search_locations or []:
+        base = Path(location).joinpath(*rest.split("."))
+        for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+            if candidate.is_file():
+                return candidate
+    return None
 
 
 class Registry:
