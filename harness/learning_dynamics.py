@@ -145,7 +145,7 @@ def load_file(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
         raise LearningDynamicsError(
             f"{path}: refused to load (holds objects other than tensors; weights_only=True): {e}"
         ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
+    except Exception as e:  # zip/pickle errors of a truncated or corrupt file vary by cause
         raise LearningDynamicsError(f"{path}: unreadable or truncated torch file: {e}") from None
     if not isinstance(obj, Mapping):
         raise LearningDynamicsError(f"{path}: expected dict[str, Tensor], found {type(obj).__name__}")
