@@ -370,3 +370,38 @@ def test_hydra_config_instantiates():
     assert isinstance(metric, SubspaceMetric) and metric.name == "subspace"
     assert metric.ks == [1, 2, 5, 10, 20] and metric.hvp == "double_backward"
     json.dumps(metric.params)  # params are plain JSON (hashable config)
+
+
+# ---- end to end through the runner ------------------------------------------------------
+
+
+def test_end_to_end_toy_softmax(tmp_path):
+    """`python -m harness model=toy_softmax metric=subspace`: both scopes, no errors."""
+    import os
+    import subprocess
+    import sys
+
+    import pandas as pd
+
+    cmd = [
+        sys.executable, "-m", "harness", "model=toy_softmax", "metric=subspace", "model.temperature=1e-2",
+        "model.steps=40", "model.batch_size=256", "model.eval_batches=1", "checkpoints=log_spaced",
+        "checkpoints.num=3", "metric.subspace.ks=[1,5]", "metric.subspace.n_minibatches=2",
+        f"results_dir={tmp_path}", "run_name=e2e", "print_config=false", "progress=off", "report=false",
+        f"cache_dir={tmp_path / 'cache'}",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    df = pd.read_parquet(tmp_path / "e2e" / "records.parquet")
+    assert set(df.status) == {"ok"}, df[df.status != "ok"][["measure", "message"]].to_string()
+    steps = sorted(df[df.scope == "checkpoint"].step.unique())
+    assert len(steps) >= 3
+    pair = df[(df.scope == "pair") & (df.measure == "overlap_previous")]
+    assert len(pair) == 2 * (len(steps) - 1)
+    assert pair.value.between(0, 1 + 1e-6).all()
+    ft = df[df.measure == "f_top"]
+    assert ft.value.between(0, 1 + 1e-9).all()
+    extra = json.loads(df[df.measure == "grad_norm"].extra.iloc[0])
+    assert extra["n_params"] == 32 * 128 and extra["n_hvp"] > 0
+    assert list((tmp_path / "e2e" / "artifacts").rglob("step*.npy"))

@@ -161,7 +161,7 @@ class SubspaceMetric(Metric):
              "k": self.k, "eig_tol": self.eig_tol, "seed": ctx.seed},
             sort_keys=True,
         )
-        return ctx.artifact_dir("subspace_eigvecs", model_id, hashlib.sha256(key.encode()).hexdigest()[:12])
+        return ctx.artifact_dir("eigvecs", model_id, hashlib.sha256(key.encode()).hexdigest()[:12])
 
     def _objective(self, ctx: Any) -> tuple[FlatObjective, str]:
         ckpt = ctx.checkpoint
