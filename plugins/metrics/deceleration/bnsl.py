@@ -74,6 +74,10 @@ MAX_GRID_POINTS = 5_000_000
 CABALLERO_MAXFEV = 100_000
 
 
+class FitFailed(RuntimeError):
+    """Every start of a fit failed; the message says why (reported as the fit's status)."""
+
+
 # ---- the law ----------------------------------------------------------------------------
 
 
@@ -444,10 +448,17 @@ def fit_bnsl(
             fit = _fit_caballero(x, y, n_breaks, grid, grid_engine, bounds, n_starts, maxfev)
     except Exception as exc:  # the optimiser's failure is a result, not a crash
         logger.debug("BNSL fit failed", exc_info=True)
-        return _result("failed", mode, n_breaks, x, y, f"{type(exc).__name__}: {exc}",
+        msg = str(exc) if isinstance(exc, FitFailed) else f"{type(exc).__name__}: {exc}"
+        return _result("failed", mode, n_breaks, x, y, msg,
                        warnings=extra_warnings, n_dropped=dropped)
     fit.warnings = extra_warnings + fit.warnings
     fit.n_dropped = dropped
+    outside = [i for i in range(1, n_breaks + 1) if not x.min() <= fit.break_location(i) <= x.max()]
+    if outside:
+        fit.warnings.append(
+            f"break(s) {outside} outside the fitted range [{x.min():g}, {x.max():g}]: an extrapolation, "
+            "not an observed deceleration"
+        )
     return fit
 
 
@@ -517,7 +528,7 @@ def _fit_zsl(x, y, n_breaks, break_guess, bounds, n_starts, maxfev) -> BNSLFit:
         elif not fit.ok:
             errors.append(fit.message)
     if best is None:
-        raise RuntimeError("; ".join(errors) or "no start converged")
+        raise FitFailed("; ".join(dict.fromkeys(errors)) or "no start converged")
     return best
 
 
@@ -649,5 +660,5 @@ def _fit_caballero(x, y, n_breaks, grid, engine, bounds, n_starts, maxfev) -> BN
         elif not fit.ok:
             errors.append(fit.message)
     if best is None:
-        raise RuntimeError("; ".join(errors) or "no start converged")
+        raise FitFailed("; ".join(dict.fromkeys(errors)) or "no start converged")
     return best
