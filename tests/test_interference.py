@@ -145,6 +145,17 @@ def test_per_position_algorithm_and_vmap_match_brute_force(neox):
     assert opposition_vmap(neox.model, neox.per_example_loss, b, targets).D == pytest.approx(seq.D, abs=1e-6)
 
 
+def test_token_slice_of_positions_matches_the_per_position_algorithm(neox):
+    targets, _ = find_targets(neox.model)
+    b = neox.eval_batches()[:1]
+    zsl = opposition_per_position(neox.model, neox.per_example_loss, b, targets, positions=(3, 7))
+    fast = opposition(neox.model, neox.per_example_loss, b, targets, example="token", positions=(3, 7), chunk_mb=0.02)
+    assert fast.n_examples == zsl.n_examples == 3 * 4
+    assert fast.D == pytest.approx(zsl.D, abs=1e-6)
+    with pytest.raises(ValueError, match="outside"):
+        opposition(neox.model, neox.per_example_loss, b, targets, example="token", positions=(3, 99))
+
+
 def test_position_contributions_are_not_per_token_gradients(neox):
     """The rank-1 term a_s g_s^T is the per-token gradient only where the layer's output at s
     reaches no other position's loss (last block); attention makes earlier layers differ."""

@@ -265,8 +265,13 @@ def opposition(
     example: str = "sequence",
     chunk_mb: float = 256.0,
     bins: int = 100,
+    positions: tuple[int, int] | None = None,
 ) -> OppositionResult:
-    """Gradient opposition over every example of ``batches`` (see module docstring)."""
+    """Gradient opposition over every example of ``batches`` (see module docstring).
+
+    ``positions`` (token only): restrict the examples to loss positions [p0, p1) of every row,
+    e.g. to bound the cost of long sequences or to time a slice of them.
+    """
     if example not in EXAMPLES:
         raise ValueError(f"example must be one of {EXAMPLES}, got {example!r}")
     if not targets:
@@ -277,7 +282,7 @@ def opposition(
     with torch.enable_grad():
         for batch in batches:
             if example == "token":
-                _token_batch(fmodel, loss_fn, batch, targets, acc, chunk_mb, notes)
+                _token_batch(fmodel, loss_fn, batch, targets, acc, chunk_mb, notes, positions)
             else:
                 _sequence_or_position_batch(fmodel, loss_fn, batch, targets, acc, example, chunk_mb)
     res = acc.result(bins, example)
@@ -291,10 +296,9 @@ def _sequence_or_position_batch(fmodel, loss_fn, batch, targets, acc, example, c
     n_rows = loss.shape[0]
     outs = cap.flat_outputs()
     grads = iter(torch.autograd.grad(loss.sum(), outs, allow_unused=True))
-    acc.n_examples += loss.numel() if example == "position" and loss.dim() > 1 else n_rows
-    if example == "position" and loss.dim() > 1:
-        # NOTE: counts loss positions as examples; layer positions = input positions
-        pass
+    # position: N counts loss values (for LMs the layers also see the last input token, whose
+    # output gets no gradient: it adds nothing to S or A)
+    acc.n_examples += loss.numel() if example == "position" else n_rows
     for t in targets:
         ins = cap.inputs.pop(t.name)
         gs = [next(grads) for _ in ins]
@@ -322,7 +326,7 @@ def _is_causal_token_batch(batch: Any) -> bool:
     return isinstance(batch, torch.Tensor) and batch.dim() == 2 and not batch.is_floating_point()
 
 
-def _token_batch(fmodel, loss_fn, batch, targets, acc, chunk_mb, notes) -> None:
+def _token_batch(fmodel, loss_fn, batch, targets, acc, chunk_mb, notes, positions=None) -> None:
     with torch.no_grad():
         full = loss_fn(batch, fmodel).float()
     if full.dim() == 1:  # one loss per row: token == sequence
@@ -330,15 +334,18 @@ def _token_batch(fmodel, loss_fn, batch, targets, acc, chunk_mb, notes) -> None:
         _sequence_or_position_batch(fmodel, loss_fn, batch, targets, acc, "sequence", chunk_mb)
         return
     n_rows, n_pos = full.shape[0], int(full[0].numel())
-    acc.n_examples += full.numel()
+    p0, p1 = positions if positions is not None else (0, n_pos)
+    if not 0 <= p0 < p1 <= n_pos:
+        raise ValueError(f"positions {positions} outside the {n_pos} loss positions")
+    acc.n_examples += n_rows * (p1 - p0)
     truncate = _is_causal_token_batch(batch) and full.dim() == 2 and n_pos == batch.shape[1] - 1
     dout_total = sum(t.shape[1] if t.transposed else t.shape[0] for t in targets)
     # memory per position in a chunk: its output gradients at every layer (x3 for the
     # vmapped backward's temporaries)
     k = _chunk_rows(3 * 4 * n_rows * (n_pos + 1) * dout_total, chunk_mb)
     checked = False
-    for t0 in range(0, n_pos, k):
-        t1 = min(n_pos, t0 + k)
+    for t0 in range(p0, p1, k):
+        t1 = min(p1, t0 + k)
         sub = batch[:, : t1 + 1] if truncate else batch
         with _Capture(targets) as cap:
             loss = loss_fn(sub, fmodel).float().reshape(n_rows, -1)
@@ -382,7 +389,13 @@ def _token_batch(fmodel, loss_fn, batch, targets, acc, chunk_mb, notes) -> None:
 
 
 def opposition_per_position(
-    model: torch.nn.Module, loss_fn: LossFn, batches: Sequence[Any], targets: Sequence[Target], *, bins: int = 100
+    model: torch.nn.Module,
+    loss_fn: LossFn,
+    batches: Sequence[Any],
+    targets: Sequence[Target],
+    *,
+    bins: int = 100,
+    positions: tuple[int, int] | None = None,
 ) -> OppositionResult:
     """Per-token opposition by ZSL's algorithm: one forward, then for each position t one
     backward of sum_b l[b, t] (retain_graph) and per-row outer products over all positions."""
@@ -394,10 +407,11 @@ def opposition_per_position(
                 loss = loss_fn(batch, fmodel).float()
             n_rows = loss.shape[0]
             loss = loss.reshape(n_rows, -1)
-            acc.n_examples += loss.numel()
+            p0, p1 = positions if positions is not None else (0, loss.shape[1])
+            acc.n_examples += n_rows * (p1 - p0)
             outs = cap.flat_outputs()
             ins = [_rows(a, n_rows) for t in targets for a in cap.inputs[t.name]]
-            for pos in range(loss.shape[1]):
+            for pos in range(p0, p1):
                 gz = torch.autograd.grad(loss[:, pos].sum(), outs, retain_graph=True)
                 i = 0
                 for t in targets:

@@ -1,0 +1,177 @@
+"""Benchmark of per-example gradient opposition, as multiples of one batched forward+backward.
+
+    OMP_NUM_THREADS=2 .venv/bin/python bench/bench_interference.py            # all sections
+    .venv/bin/python bench/bench_interference.py --only sequence --configs tiny
+
+Sections:
+  sequence  per-sequence opposition: Python loop over examples, torch.func vmap, Opacus (if
+            installed; not installed here), and the hooks method (one batched backward +
+            per-row outer products), on a tiny GPT-NeoX (hidden 128, 4 layers, 32 x 128 tokens)
+            and a 25M one (hidden 512, 8 layers; smaller batch).
+  token     exact per-token opposition: ZSL's per-position algorithm (one backward per position)
+            vs ours (K positions per vmapped backward, sequences truncated per chunk), on the
+            same slice of positions; plus the rank-1 ``position`` decomposition for scale.
+  memory    peak RSS growth of the per-token method at sequence length 512 on a 10M model,
+            for two chunk budgets (the slice of positions at the end of the sequence, where
+            chunks are longest).
+Times are the minimum of ``--repeat`` runs after a warm-up. Prints ratios; asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import threading
+import time
+
+import torch
+
+from harness.api import CheckpointRef
+from harness.lm import CausalLMCheckpoint, random_token_batches, tiny_gpt_neox
+from harness_plugins.metrics.interference.opposition import (
+    find_targets,
+    opposition,
+    opposition_loop,
+    opposition_per_position,
+    opposition_vmap,
+)
+
+CONFIGS = {  # name: (hidden, layers, heads, vocab, batch, seq)
+    "tiny": (128, 4, 4, 512, 32, 128),
+    "25m": (512, 8, 8, 512, 8, 128),
+}
+
+
+def _setup(hidden, layers, heads, vocab, batch, seq):
+    model = tiny_gpt_neox(vocab_size=vocab, hidden=hidden, layers=layers, heads=heads, max_positions=max(seq, 128))
+    ck = CausalLMCheckpoint(CheckpointRef("bench", "m", "s", 0), model, random_token_batches(vocab, 1, batch, seq))
+    return model, ck, ck.eval_batches()
+
+
+def _time(fn, repeat):
+    fn()  # warm-up
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def _fwd_bwd(model, ck, batches):
+    def run():
+        model.zero_grad(set_to_none=True)
+        for b in batches:
+            ck.per_example_loss(b).mean().backward()
+        model.zero_grad(set_to_none=True)
+
+    return run
+
+
+def bench_sequence(names, repeat):
+    print("\n== per-sequence gradient opposition (multiples of one batched fwd+bwd) ==")
+    print(f"{'config':8} {'params':>8} {'fwd+bwd s':>10} {'loop':>7} {'vmap':>7} {'opacus':>7} {'hooks':>7}")
+    for name in names:
+        model, ck, batches = _setup(*CONFIGS[name])
+        targets, _ = find_targets(model)
+        n_params = sum(p.numel() for p in model.parameters())
+        base = _time(_fwd_bwd(model, ck, batches), repeat)
+        hooks = _time(lambda: opposition(model, ck.per_example_loss, batches, targets, example="sequence"), repeat)
+        loop = _time(lambda: opposition_loop(model, ck.per_example_loss, batches, targets), max(1, repeat // 2))
+        try:
+            vm = _time(lambda: opposition_vmap(model, ck.per_example_loss, batches, targets, chunk_size=8), max(1, repeat // 2))
+        except Exception as exc:  # noqa: BLE001 - report, do not stop the benchmark
+            print(f"  vmap failed: {exc}")
+            vm = float("nan")
+        try:
+            import opacus  # noqa: F401
+
+            op = "todo"
+        except ImportError:
+            op = "n/a"
+        print(f"{name:8} {n_params / 1e6:7.1f}M {base:10.3f} {loop / base:7.2f} {vm / base:7.2f} {op:>7} {hooks / base:7.2f}")
+
+
+def bench_token(names, repeat, n_positions):
+    print(f"\n== exact per-token opposition on the last {n_positions} positions of each row ==")
+    print(f"{'config':8} {'fwd+bwd s':>10} {'per-position (ZSL)':>19} {'ours':>7} {'ours/ZSL':>9} {'rank-1 position':>16}")
+    for name in names:
+        hidden, layers, heads, vocab, batch, seq = CONFIGS[name]
+        batch = min(batch, 8)
+        model, ck, batches = _setup(hidden, layers, heads, vocab, batch, seq)
+        targets, _ = find_targets(model)
+        pos = (seq - 1 - n_positions, seq - 1)
+        base = _time(_fwd_bwd(model, ck, batches), repeat)
+        zsl = _time(lambda: opposition_per_position(model, ck.per_example_loss, batches, targets, positions=pos), 1)
+        ours = _time(lambda: opposition(model, ck.per_example_loss, batches, targets, example="token", positions=pos), 1)
+        r1 = _time(lambda: opposition(model, ck.per_example_loss, batches, targets, example="position"), repeat)
+        print(f"{name:8} {base:10.3f} {zsl / base:18.1f}x {ours / base:6.1f}x {ours / zsl:9.2f} {r1 / base:15.2f}x")
+
+
+class _PeakRSS:
+    def __enter__(self):
+        self.page = os.sysconf("SC_PAGE_SIZE")
+        self.start = self._rss()
+        self.peak = self.start
+        self.stop = False
+        self.thread = threading.Thread(target=self._watch, daemon=True)
+        self.thread.start()
+        return self
+
+    def _rss(self):
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * self.page
+
+    def _watch(self):
+        while not self.stop:
+            self.peak = max(self.peak, self._rss())
+            time.sleep(0.005)
+
+    def __exit__(self, *exc):
+        self.stop = True
+        self.thread.join()
+
+    @property
+    def mb(self):
+        return (self.peak - self.start) / 2**20
+
+
+def bench_memory(n_positions):
+    print("\n== per-token opposition memory, 10M-parameter GPT-NeoX, 2 x 512 tokens ==")
+    model, ck, batches = _setup(384, 6, 6, 2048, 2, 512)
+    targets, _ = find_targets(model)
+    n_params = sum(p.numel() for p in model.parameters())
+    pos = (511 - n_positions, 511)
+    with _PeakRSS() as fb:
+        _fwd_bwd(model, ck, batches)()
+    print(f"  {n_params / 1e6:.1f}M params; one batched fwd+bwd: peak RSS +{fb.mb:.0f} MiB")
+    for budget in (64, 256):
+        with _PeakRSS() as m:
+            t0 = time.perf_counter()
+            opposition(model, ck.per_example_loss, batches, targets, example="token", chunk_mb=budget, positions=pos)
+            dt = time.perf_counter() - t0
+        print(f"  chunk_mb={budget:4d}: peak RSS +{m.mb:.0f} MiB, {dt / n_positions:.3f} s per position")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", choices=["sequence", "token", "memory"], action="append")
+    ap.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--positions", type=int, default=16, help="positions timed in the token/memory sections")
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    only = args.only or ["sequence", "token", "memory"]
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    if "sequence" in only:
+        bench_sequence(args.configs, args.repeat)
+    if "token" in only:
+        bench_token(args.configs, args.repeat, args.positions)
+    if "memory" in only:
+        bench_memory(args.positions)
+
+
+if __name__ == "__main__":
+    main()
