@@ -47,14 +47,12 @@ def reference_logits(state: dict[str, torch.Tensor], cfg: PicoDecoderConfig, ids
     def rms(x, w):
         return x / torch.sqrt((x * x).mean(-1, keepdim=True) + cfg.norm_eps) * w
 
-    def rope(x):  # x: (S, hd), positions 0..S-1
-        out = torch.empty_like(x)
-        for t in range(x.shape[0]):
-            for i in range(hd // 2):
-                angle = t * cfg.position_emb_theta ** (-2.0 * i / hd)
-                z = complex(x[t, 2 * i], x[t, 2 * i + 1]) * complex(math.cos(angle), math.sin(angle))
-                out[t, 2 * i], out[t, 2 * i + 1] = z.real, z.imag
-        return out
+    def rope(x):  # x: (S, hd), positions 0..S-1; pair (x[2i], x[2i+1]) as one complex number
+        t = torch.arange(x.shape[0], dtype=torch.float64)[:, None]
+        i = torch.arange(hd // 2, dtype=torch.float64)[None, :]
+        angle = t * cfg.position_emb_theta ** (-2.0 * i / hd)
+        z = torch.complex(x[:, 0::2], x[:, 1::2]) * torch.polar(torch.ones_like(angle), angle)
+        return torch.stack((z.real, z.imag), -1).flatten(-2)
 
     outs = []
     for b in range(ids.shape[0]):
