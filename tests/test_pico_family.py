@@ -238,3 +238,21 @@ def test_commit_titles_to_steps():
     only_model = parse_commit_titles([("x", "Saving HF Model -- Step 5")])
     assert only_model[5].revision == "x"
     assert parse_commit_titles([("y", "Saving Learning Dynamics Data (val) -- Step 7")]) == {}
+
+
+def test_lm_eval_hflm_scores_match_brute_force(family):
+    """lm-eval's HFLM accepts the native model; its loglikelihood equals a direct sum of log-probs."""
+    HFLM = pytest.importorskip("lm_eval.models.huggingface").HFLM
+    from lm_eval.api.instance import Instance
+
+    ckpt = family.load(next(r for r in family.checkpoints() if r.step == 6))
+    lm = HFLM(pretrained=ckpt.model, tokenizer=ckpt.tokenizer, batch_size=2, max_length=16)
+    pairs = [("The quick brown", " fox"), ("def f(x):", " return x")]
+    got = lm.loglikelihood([Instance("loglikelihood", {}, p, i) for i, p in enumerate(pairs)])
+    for (ctx, cont), (ll, _greedy) in zip(pairs, got):
+        full = ckpt.tokenizer(ctx + cont, return_tensors="pt").input_ids
+        n_ctx = ckpt.tokenizer(ctx, return_tensors="pt").input_ids.shape[1]
+        with torch.no_grad():
+            lp = torch.log_softmax(ckpt.model(full).logits[0], -1)
+        want = sum(lp[i - 1, full[0, i]].item() for i in range(n_ctx, full.shape[1]))
+        assert ll == pytest.approx(want, abs=1e-4)
