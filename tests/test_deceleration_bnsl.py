@@ -151,7 +151,7 @@ SMALL_GRID = {"a": (0.0, 2.0, 0.5), "p_b": (10.0, 20.0, 2.5), "c0": (0.0, 0.6, 0
 
 def test_caballero_recovers_law_with_limit_term(grid433):
     truth = (0.5, 20.0, 0.3, 0.4, 5000.0, 0.3)
-    fit = fit_bnsl(grid433, law(grid433, *truth), mode="caballero", grid=SMALL_GRID)
+    fit = fit_bnsl(grid433, law(grid433, *truth), mode="caballero", grid=SMALL_GRID, grid_engine="brute")
     assert fit.ok, fit.message
     np.testing.assert_allclose(fit.law_params(), truth, rtol=1e-4)
     assert fit.L_d == pytest.approx(0.5 + 20.0 * 5000.0**-0.3, rel=1e-4)
@@ -185,6 +185,15 @@ def test_grid_engines_agree():
     a = bnsl.caballero_grid_best(x, y, 1, grid, "brute")
     b = bnsl.caballero_grid_best(x, y, 1, grid, "vectorized")
     np.testing.assert_array_equal(a, b)
+    # two breaks, per-break ranges
+    y2 = law(x, 0.3, 8.0, 0.25, 0.5, 300.0, 0.4, 0.3, 5000.0, 0.2)
+    grid2 = {"a": (0.0, 0.6, 0.3), "p_b": (5.0, 15.0, 5.0), "c0": (0.2, 0.4, 0.1), "c": (0.2, 0.8, 0.3),
+             "p_d1": (20.0, 30.0, 5.0), "p_d2": (35.0, 45.0, 5.0), "f": (0.0, 0.6, 0.3)}
+    best2 = bnsl.caballero_grid_best(x, y2, 2, grid2, "brute")
+    np.testing.assert_array_equal(best2, bnsl.caballero_grid_best(x, y2, 2, grid2, "vectorized"))
+    # chunk borders do not change the answer
+    ranges = bnsl._caballero_ranges(grid2, 2)
+    np.testing.assert_array_equal(bnsl._repar(bnsl._grid_vectorized(x, np.log(y2 + 1), ranges, chunk=7)), best2)
 
 
 def test_f_zero_means_no_break():

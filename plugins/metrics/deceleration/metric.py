@@ -84,7 +84,7 @@ class DecelerationMetric(Metric):
         bounds: bool = False,
         n_starts: int = 1,
         grid: Mapping[str, Sequence[float]] | None = None,
-        grid_engine: str = "brute",
+        grid_engine: str = "vectorized",
         maxfev: int | None = None,
         loss_metric: str = "loss",
         loss_measure: str = "loss",
