@@ -34,46 +34,6 @@ logger = logging.getLogger(__name__)
 GRAPH_VERSION = 1
 
 
-class _EndpointList:
-    """The endpoint list of the BA process, resolved lazily.
-
-    Layout (networkx's order): positions [0, P0) hold the endpoints produced by the exact
-    sequential prefix (the star and the first nodes); then vectorised node s (row
-    j = s - s0) owns the block [P0 + 2m j, P0 + 2m (j+1)): m target slots (each holding the
-    node at the earlier position ``sel[j, o]``, chased) followed by m copies of s.
-    """
-
-    def __init__(self, prefix: np.ndarray, s0: int, m: int, sel: np.ndarray):
-        self.prefix, self.s0, self.m, self.sel = prefix, s0, m, sel
-        self.p0 = prefix.size
-
-    def slot_of(self, p: np.ndarray) -> np.ndarray:
-        """Slot index (row*m + o) of each position, or -1 for a position with a known node."""
-        q = p - self.p0
-        j, o = np.divmod(np.maximum(q, 0), 2 * self.m)
-        return np.where((q >= 0) & (o < self.m), j * self.m + o, -1)
-
-    def resolve(self, ptr: np.ndarray) -> np.ndarray:
-        """Node ids at positions ``ptr`` (chasing target slots back to a known endpoint)."""
-        m, p0 = self.m, self.p0
-        ptr = np.asarray(ptr, dtype=np.int64).ravel().copy()
-        out = np.empty(ptr.shape, dtype=np.int64)
-        todo = np.arange(ptr.size)
-        flat_sel = self.sel.reshape(-1)
-        while todo.size:
-            p = ptr[todo]
-            known = p < p0
-            out[todo[known]] = self.prefix[p[known]]
-            q = p - p0
-            j, o = np.divmod(np.where(known, 0, q), 2 * m)
-            is_src = ~known & (o >= m)
-            out[todo[is_src]] = j[is_src] + self.s0
-            nxt = ~(known | is_src)
-            ptr[todo[nxt]] = flat_sel[j[nxt] * m + o[nxt]]
-            todo = todo[nxt]
-        return out
-
-
 def _sequential_prefix(n0: int, m: int, rng: np.random.Generator) -> np.ndarray:
     """Endpoint list of the exact sequential process for nodes 0..n0-1 (networkx's loop)."""
     ends = np.empty(2 * m * (n0 - 1), dtype=np.int64)
@@ -97,22 +57,65 @@ def _sequential_prefix(n0: int, m: int, rng: np.random.Generator) -> np.ndarray:
     return ends[:size]
 
 
+class _Endpoints:
+    """The endpoint list beyond the sequential prefix, as a forest of target slots.
+
+    Layout (networkx's order): positions [0, P0) hold the prefix's endpoints (the star and
+    the first nodes); vectorised node s (row j = s - s0) owns [P0 + 2m j, P0 + 2m (j+1)):
+    m target slots, then m copies of s. A target slot holds the node found at an earlier
+    position: a known endpoint (prefix or source copy: a root) or another slot (its parent).
+    """
+
+    def __init__(self, prefix: np.ndarray, s0: int, m: int, n_rows: int, idx: type):
+        self.prefix, self.s0, self.m, self.p0, self.idx = prefix, s0, m, prefix.size, idx
+        self.parent = np.empty(n_rows * m, dtype=idx)  # parent slot, or -1 at a root
+        self.direct = np.empty(n_rows * m, dtype=idx)  # node id at a root
+        self.vals = np.empty(n_rows * m, dtype=idx)  # resolved node id of every slot
+
+    def point(self, slots: slice | np.ndarray, ptr: np.ndarray) -> None:
+        """Make ``slots`` point at list positions ``ptr``."""
+        ptr = np.asarray(ptr, dtype=np.int64)
+        q = ptr - self.p0
+        j, o = np.divmod(np.maximum(q, 0), 2 * self.m)
+        is_slot = (q >= 0) & (o < self.m)
+        self.parent[slots] = np.where(is_slot, j * self.m + o, -1)
+        known = np.where(q < 0, self.prefix[np.minimum(ptr, self.p0 - 1)], j + self.s0)
+        self.direct[slots] = np.where(is_slot, 0, known)
+
+    def node_at(self, ptr: np.ndarray) -> np.ndarray:
+        """Node ids at positions ``ptr`` under the current ``vals`` (small arrays)."""
+        ptr = np.asarray(ptr, dtype=np.int64)
+        q = ptr - self.p0
+        j, o = np.divmod(np.maximum(q, 0), 2 * self.m)
+        out = np.where(o < self.m, self.vals[np.minimum(j * self.m + o, self.vals.size - 1)], j + self.s0)
+        return np.where(q < 0, self.prefix[np.minimum(ptr, self.p0 - 1)], out)
+
+    def resolve(self) -> None:
+        """``vals`` from the forest by pointer jumping (log of the depth passes)."""
+        anc = self.parent.copy()
+        roots = anc < 0
+        anc[roots] = np.flatnonzero(roots)
+        del roots
+        active = np.flatnonzero(self.parent >= 0)
+        while active.size:
+            a = anc[active]
+            anc[active] = anc[a]
+            active = active[self.parent[anc[active]] >= 0]
+        np.take(self.direct, anc, out=self.vals)
+
+
+def _dup_rows(vals: np.ndarray, m: int) -> np.ndarray:
+    """Rows of an (n, m) array with a repeated value."""
+    dup = np.zeros(vals.shape[0], dtype=bool)
+    for a in range(m):
+        for b in range(a + 1, m):
+            dup |= vals[:, a] == vals[:, b]
+    return np.flatnonzero(dup)
+
+
 def _stream(seed: int, m: int, row: int, high: int, start: int, count: int) -> np.ndarray:
     """Draws ``start..start+count`` of one node's own rejection stream (same in every round)."""
     return np.random.default_rng([seed, m, 0xBA, row, start]).integers(0, high, size=count)
-
-
-def _choose(ep: _EndpointList, main_row: np.ndarray, seed: int, row: int, high: int) -> np.ndarray:
-    """Pointers of the first m distinct nodes in a row's draw stream (main draws, then more)."""
-    m = ep.m
-    ptrs = main_row.astype(np.int64)
-    while True:
-        vals = ep.resolve(ptrs)
-        _, first = np.unique(vals, return_index=True)
-        if first.size >= m:
-            first.sort()
-            return ptrs[first[:m]]
-        ptrs = np.concatenate([ptrs, _stream(seed, m, row, high, ptrs.size, 16)])
 
 
 def ba_edges(n: int, m: int, seed: int, prefix_nodes: int = 2048,
@@ -122,8 +125,10 @@ def ba_edges(n: int, m: int, seed: int, prefix_nodes: int = 2048,
     Node ids 0..n-1; edges: the star (0, 1..m), then m edges from every node s > m to
     distinct earlier nodes chosen with probability proportional to degree. Deterministic
     in ``seed``. The first ``prefix_nodes`` nodes (where repeated targets are common) run
-    the sequential loop; the rest are vectorised, and the few rows whose draws repeat a
-    target are redrawn from their own stream until the whole list is a fixed point.
+    the sequential loop; the rest are vectorised: m uniform positions per node in the list
+    before it, resolved by pointer jumping; the few rows that repeat a target take the first
+    m distinct nodes of their own draw stream, and rounds repeat until nothing changes (a
+    fixed point is exactly the sequential process for the same draws).
     """
     if m < 1 or m >= n:
         raise ValueError(f"Barabasi-Albert graph needs 1 <= m < n, got m={m}, n={n}")
@@ -131,65 +136,50 @@ def ba_edges(n: int, m: int, seed: int, prefix_nodes: int = 2048,
     rng = np.random.default_rng([seed, m, 0xBA])
     s0 = min(n, max(prefix_nodes, m + 1))
     prefix = _sequential_prefix(s0, m, rng)
+    pre = prefix.reshape(-1, 2 * m)[1:]  # the star's block is special: (0, 1..m)
+    head_src = np.concatenate([np.zeros(m, np.int64), pre[:, m:].ravel()])
+    head_dst = np.concatenate([np.arange(1, m + 1), pre[:, :m].ravel()])
     n_vec = n - s0
     if n_vec == 0:
-        ends = prefix.reshape(-1, 2 * m) if s0 > m + 1 else None
-        src = np.concatenate([np.zeros(m, np.int64)] + ([ends[1:, m:].ravel()] if ends is not None else []))
-        dst = np.concatenate([np.arange(1, m + 1)] + ([ends[1:, :m].ravel()] if ends is not None else []))
-        return src.astype(idx), dst.astype(idx)
+        return head_src.astype(idx), head_dst.astype(idx)
     p0 = prefix.size
     high = p0 + 2 * m * np.arange(n_vec, dtype=np.int64)  # list length before each node
     main = rng.integers(0, high[:, None], size=(n_vec, m), dtype=np.int64).astype(idx)
-    sel = main.copy()
-    ep = _EndpointList(prefix, s0, m, sel)
-    vals = ep.resolve(main).reshape(n_vec, m)
-    # children of each slot through the main draws (sel == main except in redrawn rows)
-    parent = ep.slot_of(main.reshape(-1).astype(np.int64))
-    has_parent = np.flatnonzero(parent >= 0)
-    order = has_parent[np.argsort(parent[has_parent], kind="quicksort")]
-    child_start = np.searchsorted(parent[order], np.arange(n_vec * m + 1))
-    srt = np.sort(vals, axis=1)
-    check = np.flatnonzero((srt[:, 1:] == srt[:, :-1]).any(axis=1)) if m > 1 else np.empty(0, np.int64)
+    ep = _Endpoints(prefix, s0, m, n_vec, idx)
+    chunk = max(1, 2**22 // m)
+    for a in range(0, n_vec, chunk):  # chunked to bound the int64 temporaries
+        b = min(n_vec, a + chunk)
+        ep.point(slice(a * m, b * m), main[a:b].reshape(-1))
     extended: set[int] = set()
     for rnd in range(max_rounds):
-        changed: list[int] = []
-        for j in np.union1d(check, np.fromiter(extended, np.int64, len(extended))).tolist():
-            row_vals = ep.resolve(main[j])
-            if np.unique(row_vals).size == m:
-                new = main[j].astype(np.int64)
-                extended.discard(j)
-            else:
-                new = _choose(ep, main[j], seed, j, int(high[j]))
-                extended.add(j)
-            sel[j] = new
-            new_vals = ep.resolve(new)
-            if not np.array_equal(new_vals, vals[j]):
-                vals[j] = new_vals
-                changed.extend(range(j * m, j * m + m))
+        ep.resolve()
+        vals = ep.vals.reshape(n_vec, m)
+        check = np.union1d(_dup_rows(vals, m), np.fromiter(extended, np.int64, len(extended)))
+        changed = False
+        for j in check.tolist():
+            ptrs = main[j].astype(np.int64)
+            while True:  # first m distinct nodes of the row's stream (main draws, then its own)
+                first = np.unique(ep.node_at(ptrs), return_index=True)[1]
+                if first.size >= m:
+                    break
+                ptrs = np.concatenate([ptrs, _stream(seed, m, j, int(high[j]), ptrs.size, 16)])
+            new = ptrs[np.sort(first)[:m]]
+            (extended.add if ptrs.size > m else extended.discard)(j)
+            old_parent = ep.parent[j * m:(j + 1) * m].copy()
+            old_direct = ep.direct[j * m:(j + 1) * m].copy()
+            ep.point(slice(j * m, (j + 1) * m), new)
+            if not (np.array_equal(old_parent, ep.parent[j * m:(j + 1) * m])
+                    and np.array_equal(old_direct, ep.direct[j * m:(j + 1) * m])):
+                changed = True
         if not changed:
             break
-        # every slot downstream of a changed one may change value: recompute those rows
-        frontier, dirty = np.asarray(changed, np.int64), []
-        while frontier.size:
-            s, e = child_start[frontier], child_start[frontier + 1]
-            cnt = e - s
-            kids = order[np.repeat(s, cnt) + np.arange(cnt.sum()) - np.repeat(np.cumsum(cnt) - cnt, cnt)]
-            dirty.append(kids)
-            frontier = kids
-        dirty_slots = np.unique(np.concatenate(dirty)) if dirty else np.empty(0, np.int64)
-        if dirty_slots.size:
-            fresh = ep.resolve(sel.reshape(-1)[dirty_slots])
-            vals.reshape(-1)[dirty_slots] = fresh
-        rows = np.unique(dirty_slots // m)
-        srt = np.sort(vals[rows], axis=1)
-        check = rows[(srt[:, 1:] == srt[:, :-1]).any(axis=1)] if m > 1 else np.empty(0, np.int64)
     else:  # pragma: no cover - convergence takes a handful of rounds
         raise RuntimeError(f"BA generator did not converge in {max_rounds} rounds")
     logger.debug("ba_edges n=%d m=%d: %d rounds, %d rows redrawn", n, m, rnd + 1, len(extended))
-    pre = prefix.reshape(-1, 2 * m)
-    src = np.concatenate([np.zeros(m, np.int64), pre[1:, m:].ravel(), np.repeat(np.arange(s0, n), m)])
-    dst = np.concatenate([np.arange(1, m + 1), pre[1:, :m].ravel(), vals.ravel()])
-    return src.astype(idx), dst.astype(idx)
+    del main
+    src = np.concatenate([head_src.astype(idx), np.repeat(np.arange(s0, n, dtype=idx), m)])
+    dst = np.concatenate([head_dst.astype(idx), ep.vals])
+    return src, dst
 
 
 @dataclass

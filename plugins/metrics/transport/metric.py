@@ -40,7 +40,7 @@ from harness.api import (
 from .field import CHANNELS, Field, collect_field
 from .fits import EXPONENTS, SizeEvents, fit_step
 from .graph import LatticeGraph, cached_ba_graph
-from .probe import Cascade, driven_events, relax, relax_torch
+from .probe import driven_events, relax, relax_torch
 
 logger = logging.getLogger(__name__)
 
@@ -178,19 +178,20 @@ class TransportMetric(Metric):
                                                  "truncated")}
         use_torch = self._use_torch()
         dev_graph: dict[int, tuple] = {}
-        for ci, ch in enumerate(self.channels):
-            for rep in range(self.n_reps):
-                rng = np.random.default_rng([seed, rep, ci, 0x7A])
-                x = fld.channel(ch, rng)
-                theta = self._theta(x)
-                g = self._graph(n, rep, fld, cache)
-                # the same assignment for every channel (same seed), so channels differ only in load
-                if self.assignment == "random":
-                    load = x[np.random.default_rng([seed, rep, 0xA5]).permutation(n)].astype(np.float64)
+        theta_real: float | None = None
+        for rep in range(self.n_reps):
+            g = self._graph(n, rep, fld, cache)
+            # one assignment per replicate, shared by every channel: channels differ only in load
+            perm = np.random.default_rng([seed, rep, 0xA5]).permutation(n) if self.assignment == "random" else None
+            for ci, ch in enumerate(self.channels):
+                x = fld.channel(ch, np.random.default_rng([seed, rep, ci, 0x7A]))
+                if ch == "real":
+                    theta_real = self._theta(x) if theta_real is None else theta_real
+                    theta = theta_real
                 else:
-                    load = x.astype(np.float64)
-                if ch != "real":
-                    del x
+                    theta = self._theta(x)
+                load = x[perm].astype(np.float64) if perm is not None else x.astype(np.float64)
+                del x
                 if self.relaxation == "driven":
                     evs = driven_events(load, theta, g, self.alpha, self.n_events, self.drive,
                                         np.random.default_rng([seed, rep, ci, 0xD1]), self.max_sweeps)
@@ -210,6 +211,7 @@ class TransportMetric(Metric):
                     for key_, val in (("channel", ch), ("rep", rep), ("event", k), ("S", ev.S), ("area", ev.area),
                                       ("T", ev.T), ("M", ev.M), ("theta", theta), ("truncated", ev.truncated)):
                         rows[key_].append(val)
+            del perm
         out = {k: np.asarray(v) for k, v in rows.items()}
         out["N"] = np.full(out["S"].size, n, dtype=np.int64)
         return out
