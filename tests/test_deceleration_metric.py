@@ -181,3 +181,13 @@ def test_plots_one_png_per_run(tmp_path):
     files = DecelerationMetric().plots(pd.DataFrame(rows), tmp_path / "figs")
     assert sorted(p.name for p in files) == ["deceleration_run-a.png", "deceleration_run_b.png"]
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in files)
+
+
+def test_irregular_history_is_not_smoothed(tmp_path):
+    """The moving average runs over sample indices, so auto turns it off for irregular logs."""
+    steps = np.unique(np.geomspace(1, 262144, 3000).astype(int))
+    hist = pd.DataFrame({"step": steps, "loss": law(steps, *TRUTH)})
+    ms = by_measure(DecelerationMetric().measure(ctx(tmp_path, history=hist)))
+    prep = ms["t_d"].extra["fit"]["preprocessing"]
+    assert prep == {"smooth": False, "subsample": True, "min_step": 100.0, "uniform_steps": False}
+    assert ms["t_d"].value == pytest.approx(5000.0, rel=1e-4)  # unsmoothed: the exact break
