@@ -390,3 +390,22 @@ def test_config_file_instantiates_the_metric():
     assert node.pop("_target_") == "harness_plugins.metrics.interference.InterferenceMetric"
     m = InterferenceMetric(**node)
     assert m.name == "interference" and m.example in ("sequence", "token", "position")
+
+
+@pytest.mark.slow
+def test_end_to_end_on_the_toy_family(tmp_path):
+    """`python -m harness model=toy_softmax metric=interference`: every record ok, pair scope present."""
+    import subprocess
+    import sys
+
+    import pandas as pd
+
+    out = tmp_path / "run"
+    subprocess.run([sys.executable, "-m", "harness", "model=toy_softmax", "metric=interference", "model.steps=50",
+                    "model.n_checkpoints=3", "model.temperature=0.01", "model.batch_size=128", f"hydra.run.dir={out}"],
+                   check=True, capture_output=True, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    rec = pd.read_parquet(out / "records.parquet")
+    rec = rec[rec.metric == "interference"]
+    assert (rec.status == "ok").all(), rec[rec.status != "ok"][["measure", "message"]]
+    assert {"checkpoint", "pair"} <= set(rec.scope)
+    assert rec[rec.measure == "D_dl_pair"].value.between(0, 1).all()

@@ -193,8 +193,9 @@ class InterferenceMetric(Metric):
             try:
                 before = self._cached_or_computed(ctx, ckpt)
             except Exception as exc:  # noqa: BLE001 - becomes a record, the other analyses go on
-                names = [f"{m}_step" for m in LOSS_MEASURES] if self.loss_step else []
-                yield from self._failed(names or ["D_dl_step"], exc, self.splits)
+                # the per-split losses (dt = 1 reference and dt = t cache) could not be computed
+                names = [f"{m}_step" for m in LOSS_MEASURES] if self.loss_step else ["loss_cache"]
+                yield from self._failed(names, exc, self.splits)
         if self.loss_step and before is not None:
             yield from self._step(ckpt, before)
         if self.grad:

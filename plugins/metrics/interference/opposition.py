@@ -143,10 +143,12 @@ class OppositionAccumulator:
         self.n_examples = 0
 
     def add_examples(self, name: str, grads: torch.Tensor) -> None:
-        """Add per-example gradients ``grads`` (E, *shape) of matrix ``name``."""
+        """Add per-example gradients ``grads`` (E, *shape) of matrix ``name``.
+
+        ``grads`` is a temporary: it is overwritten (abs in place, no second buffer)."""
         grads = grads.float().reshape(-1, *self.S[name].shape)
         self.S[name] += grads.sum(0)
-        self.A[name] += grads.abs().sum(0)
+        self.A[name] += grads.abs_().sum(0)
 
     def add_sums(self, name: str, s: torch.Tensor, a: torch.Tensor) -> None:
         self.S[name] += s.float()
