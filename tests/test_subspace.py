@@ -148,6 +148,20 @@ def test_metric_eigenpairs_match_exact_hessian(small64, tmp_path):
     assert records(ms, "grad_norm")[None].value == pytest.approx(float(np.linalg.norm(g)), rel=1e-10)
 
 
+def test_coordinate_subset_hessian_is_the_exact_block(small64):
+    """Restricting to random coordinates gives the principal sub-block H[idx, idx]."""
+    ckpt, full, H, _, _ = small64
+    sub = FlatObjective(ckpt, ckpt.eval_batches(), n_coords=60, seed=5)
+    idx = torch.as_tensor(sub.index)
+    assert len(set(sub.index.tolist())) == 60 and sub.n_selected == full.P
+    assert torch.equal(sub.x0, full.x0[idx])
+    block = exact_hessian(sub)
+    assert torch.allclose(block, H[idx][:, idx], rtol=1e-10, atol=1e-12)
+    other = FlatObjective(ckpt, ckpt.eval_batches(), n_coords=60, seed=6)
+    assert other.describe()["coords_sha"] != sub.describe()["coords_sha"]
+    assert FlatObjective(ckpt, ckpt.eval_batches(), n_coords=60, seed=5).describe() == sub.describe()
+
+
 def test_which_LA_not_largest_magnitude():
     """A matrix whose largest-|lambda| eigenvalue is negative: top means largest algebraic."""
     rng = np.random.default_rng(0)
@@ -348,6 +362,7 @@ def test_skips_with_reasons(tmp_path):
         ({"hvp": "magic"}, "hvp"),
         ({"eig_tol": 0}, "eig_tol"),
         ({"n_coords": 1}, "n_coords"),
+        ({"coords_seed": -2}, "coords_seed"),
         ({"n_batches": 0}, "n_batches"),
         ({"trace_samples": 1}, "trace_samples"),
         ({"minibatch_size": 0}, "minibatch_size"),

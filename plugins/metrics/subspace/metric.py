@@ -90,6 +90,7 @@ class SubspaceMetric(Metric):
         n_batches: int | None = None,
         modules: Sequence[str] | None = None,
         n_coords: int | None = None,
+        coords_seed: int | None = None,
         hvp: str = "double_backward",
         eig_tol: float = 1e-3,
         eig_maxiter: int | None = None,
@@ -118,6 +119,7 @@ class SubspaceMetric(Metric):
                 raise ParameterError("modules", modules, "null or a non-empty list of glob patterns on parameter names")
         self.modules = modules
         self.n_coords = _opt_int("n_coords", n_coords, 2)
+        self.coords_seed = _opt_int("coords_seed", coords_seed, 0)
         check_choice("hvp", hvp, HVP_METHODS)
         self.hvp = hvp
         check_range("eig_tol", eig_tol, 0.0, 1.0, low_inclusive=False, high_inclusive=False)
@@ -138,7 +140,8 @@ class SubspaceMetric(Metric):
         self.reference_step = _opt_int("reference_step", reference_step, 0)
         self.max_params = _opt_int("max_params", max_params, 2)
         super().__init__(
-            ks=self.ks, split=split, n_batches=self.n_batches, modules=modules, n_coords=self.n_coords, hvp=hvp,
+            ks=self.ks, split=split, n_batches=self.n_batches, modules=modules, n_coords=self.n_coords,
+            coords_seed=self.coords_seed, hvp=hvp,
             eig_tol=self.eig_tol, eig_maxiter=self.eig_maxiter, residuals=residuals,
             minibatch_size=self.minibatch_size, n_minibatches=self.n_minibatches, trace_samples=self.trace_samples,
             reference_step=self.reference_step, max_params=self.max_params,
@@ -158,10 +161,13 @@ class SubspaceMetric(Metric):
         not be compared with this one)."""
         key = json.dumps(
             {"split": self.split, "n_batches": self.n_batches, "modules": self.modules, "n_coords": self.n_coords,
-             "k": self.k, "eig_tol": self.eig_tol, "seed": ctx.seed},
+             "k": self.k, "eig_tol": self.eig_tol, "seed": ctx.seed, "coords_seed": self._coords_seed(ctx)},
             sort_keys=True,
         )
         return ctx.artifact_dir("eigvecs", model_id, hashlib.sha256(key.encode()).hexdigest()[:12])
+
+    def _coords_seed(self, ctx: Any) -> int:
+        return ctx.seed if self.coords_seed is None else self.coords_seed
 
     def _objective(self, ctx: Any) -> tuple[FlatObjective, str]:
         ckpt = ctx.checkpoint
@@ -169,7 +175,8 @@ class SubspaceMetric(Metric):
         if self.n_batches is not None:
             batches = batches[: self.n_batches]
         fingerprint = batches_fingerprint(batches, ckpt.data_fingerprint)
-        obj = FlatObjective(ckpt, batches, modules=self.modules, n_coords=self.n_coords, seed=ctx.seed)
+        obj = FlatObjective(ckpt, batches, modules=self.modules, n_coords=self.n_coords,
+                            seed=self._coords_seed(ctx))
         return obj, fingerprint
 
     def _eigen(self, obj: FlatObjective, op, seed: int) -> tuple[Any, np.ndarray | None, int]:

@@ -35,6 +35,7 @@ import logging
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -204,19 +205,32 @@ class FlatObjective:
             logger.warning("Hessian analysis in %s: eigenvalues will be imprecise; prefer float32", self.dtype)
         self.shapes = [(n, named[n].shape, named[n].numel()) for n in self.names]
         self.fixed = {n: p.detach() for n, p in named.items() if n not in set(self.names)}
-        base = torch.cat([named[n].detach().reshape(-1) for n in self.names])
-        self.n_selected = base.numel()
-        self.index: torch.Tensor | None = None
-        if n_coords is not None:
-            if n_coords > base.numel():
-                raise ValueError(f"n_coords={n_coords} exceeds the {base.numel()} selected parameters")
-            g = torch.Generator().manual_seed(int(seed))
-            self.index = torch.randperm(base.numel(), generator=g)[:n_coords].sort().values.to(base.device)
-            self.base = base
-            self.x0 = base[self.index].clone()
+        self.n_selected = sum(numel for _, _, numel in self.shapes)
+        self.index: np.ndarray | None = None
+        if n_coords is None:
+            self.x0 = torch.cat([named[n].detach().reshape(-1) for n in self.names])
+            self._segments = None
         else:
-            self.base = None
-            self.x0 = base
+            if n_coords > self.n_selected:
+                raise ValueError(f"n_coords={n_coords} exceeds the {self.n_selected} selected parameters")
+            # NOTE: numpy's choice without replacement needs O(n_coords) memory, unlike
+            # torch.randperm(n_selected), which would allocate 8 bytes per model parameter.
+            self.index = np.sort(np.random.default_rng(int(seed)).choice(self.n_selected, n_coords, replace=False))
+            # per tensor: (local flat indices, slice of x); tensors hit by no coordinate stay fixed.
+            # Only these indices are held: no flat copy of the selected tensors.
+            starts = np.cumsum([0] + [numel for _, _, numel in self.shapes])
+            self._segments = {}
+            pieces = []
+            for j, (name, _, _) in enumerate(self.shapes):
+                lo, hi = np.searchsorted(self.index, [starts[j], starts[j + 1]])
+                if hi > lo:
+                    local = torch.as_tensor(self.index[lo:hi] - starts[j], device=named[name].device)
+                    self._segments[name] = (local, int(lo), int(hi))
+                    pieces.append(named[name].detach().reshape(-1)[local])
+                else:
+                    self.fixed[name] = named[name].detach()
+            self.x0 = torch.cat(pieces)
+            self._base = {n: named[n].detach() for n in self._segments}
         self.P = int(self.x0.numel())
         self._wrapper = _Functional(self.model)
         with torch.no_grad():
@@ -230,7 +244,7 @@ class FlatObjective:
             "n_selected": self.n_selected,
             "tensors": len(self.names),
             "coords_sha": (
-                hashlib.sha256(self.index.cpu().numpy().tobytes()).hexdigest()[:16] if self.index is not None else None
+                hashlib.sha256(self.index.astype(np.int64).tobytes()).hexdigest()[:16] if self.index is not None else None
             ),
             "dtype": str(self.dtype).replace("torch.", ""),
             "loss_terms": self.n_total,
@@ -238,12 +252,16 @@ class FlatObjective:
 
     # -- the function -------------------------------------------------------------------
     def tensors(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        flat = x if self.index is None else self.base.scatter(0, self.index, x)
         out = dict(self.fixed)
-        offset = 0
-        for name, shape, numel in self.shapes:
-            out[name] = flat[offset : offset + numel].view(shape)
-            offset += numel
+        if self._segments is None:
+            offset = 0
+            for name, shape, numel in self.shapes:
+                out[name] = x[offset : offset + numel].view(shape)
+                offset += numel
+        else:
+            for name, (local, lo, hi) in self._segments.items():
+                base = self._base[name]
+                out[name] = base.reshape(-1).scatter(0, local, x[lo:hi]).view(base.shape)
         return out
 
     def _loss(self, x: torch.Tensor, batch: Any) -> torch.Tensor:
