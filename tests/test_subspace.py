@@ -427,3 +427,21 @@ def test_end_to_end_toy_softmax(tmp_path):
     extra = json.loads(df[df.measure == "grad_norm"].extra.iloc[0])
     assert extra["n_params"] == 32 * 128 and extra["n_hvp"] > 0
     assert list((tmp_path / "e2e" / "artifacts").rglob("step*.npy"))
+
+
+def test_plots_from_records(tmp_path):
+    import pandas as pd
+
+    rows = []
+    for step in (0, 10, 20):
+        for k in (1, 5):
+            for measure, value in (("f_top", 0.1 * k), ("f_top_chance", k / 100), ("overlap_previous", 0.9)):
+                if measure == "overlap_previous" and step == 0:
+                    continue
+                rows.append({"metric": "subspace", "status": "ok", "model_id": "org/m", "step": step,
+                             "measure": measure, "task": f"k={k}", "value": value})
+    rows.append({"metric": "subspace", "status": "ok", "model_id": "org/m", "step": 0, "measure": "grad_norm",
+                 "task": None, "value": 1.0})
+    paths = SubspaceMetric().plots(pd.DataFrame(rows), tmp_path / "fig")
+    assert [p.name for p in paths] == ["subspace_org__m.png"] and paths[0].stat().st_size > 1000
+    assert SubspaceMetric().plots(pd.DataFrame(rows).assign(status="error"), tmp_path / "none") == []

@@ -31,7 +31,8 @@ import json
 import logging
 import math
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -50,6 +51,9 @@ from harness.api import (
 from . import cache
 from .objective import HVP_METHODS, FlatObjective, analysis_mode, batch_len, batches_fingerprint, concat_batches, take
 from .spectrum import f_top, hutchinson_trace, residuals, subspace_overlap, top_eigenpairs
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
 
 logger = logging.getLogger(__name__)
 
@@ -250,7 +254,7 @@ class SubspaceMetric(Metric):
         if obj.index is not None:
             extra["n_selected"] = obj.n_selected
         for i, lam in enumerate(pairs.values, start=1):
-            yield Measurement("eigenvalue", float(lam), task=f"i={i}", n=P, extra=extra)
+            yield Measurement("eigenvalue", float(lam), task=f"i={i}", extra=extra)
             if res is not None:
                 yield Measurement("eigen_residual", float(res[i - 1]), task=f"i={i}", higher_is_better=False, extra=extra)
         yield Measurement("grad_norm", grad_norm, extra=extra)
@@ -304,8 +308,9 @@ class SubspaceMetric(Metric):
         return {k: np.asarray(v) for k, v in out.items()}
 
     # -- pair scope -------------------------------------------------------------------
-    def _current_vectors(self, ctx: PairContext, directory) -> tuple[np.ndarray, dict[str, Any], int]:
-        """The current checkpoint's eigenvectors: from the cache, else computed (and cached)."""
+    def _current_vectors(self, ctx: PairContext, directory) -> tuple[np.ndarray, dict[str, Any], int] | str:
+        """The current checkpoint's eigenvectors: from the cache, else computed (and cached);
+        a reason string when the analysis does not apply."""
         ref = ctx.checkpoint.ref
         hit = cache.load(directory, ref.step)
         if hit is not None:
@@ -315,7 +320,7 @@ class SubspaceMetric(Metric):
             obj, fp = self._objective(ctx)
             reason = self._too_big(obj)
             if reason:
-                raise RuntimeError(reason)
+                return reason
             op = obj.hvp_operator(self.hvp)
             pairs, res, _ = self._eigen(obj, op, ctx.seed)
         meta = {"eigenvalues": pairs.values.tolist(), "residuals": None if res is None else res.tolist(),
@@ -327,10 +332,13 @@ class SubspaceMetric(Metric):
         ref = ctx.checkpoint.ref
         directory = self._cache_dir(ctx, ref.model_id)
         try:
-            v_cur, meta_cur, n_hvp = self._current_vectors(ctx, directory)
+            current = self._current_vectors(ctx, directory)
         except NotImplementedError as exc:
-            yield Measurement.skipped("overlap_previous", f"checkpoint lacks what the Hessian analysis needs: {exc}")
+            current = f"checkpoint lacks what the Hessian analysis needs: {exc}"
+        if isinstance(current, str):
+            yield Measurement.skipped("overlap_previous", current)
             return
+        v_cur, meta_cur, n_hvp = current
         P = int(v_cur.shape[0])
         extra = {"n_hvp": n_hvp, "n_params": P, "step": ref.step}
         targets = [("overlap_previous", ctx.previous.step)]
@@ -368,6 +376,12 @@ class SubspaceMetric(Metric):
                 )
         for k in self.ks:
             yield Measurement("overlap_chance", k / P, task=f"k={k}", extra=extra)
+
+    def plots(self, records: pd.DataFrame, out_dir: Path) -> list[Path]:
+        """f_top and subspace overlap against step, one figure per model (see `plots`)."""
+        from .plots import draw
+
+        return draw(records, out_dir)
 
     @staticmethod
     def _incompatible(a: dict[str, Any], b: dict[str, Any]) -> str | None:

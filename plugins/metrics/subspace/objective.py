@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -318,7 +319,9 @@ class FlatObjective:
             def full(x: torch.Tensor) -> torch.Tensor:
                 return sum(self.batch_sum(x, i) for i in range(len(self.batches)))
 
-            g, jvp_fn = torch.func.linearize(torch.func.grad(full), self.x0.detach())
+            with warnings.catch_warnings():  # torch.fx const-folding chatter, not actionable
+                warnings.simplefilter("ignore", UserWarning)
+                g, jvp_fn = torch.func.linearize(torch.func.grad(full), self.x0.detach())
             self.grad_full = g.detach()
             return HVPOperator(lambda v: jvp_fn(v).detach(), method)
         raise ValueError(f"hvp={method!r}: allowed one of {', '.join(HVP_METHODS)}")
