@@ -1,0 +1,366 @@
+"""The Pythia model family: EleutherAI's public suite on the Hub, a local copy in the Hub's
+layout, or the locally built ``pythia_mini`` suite.
+
+    python -m harness model=pythia model.size=160m model.deduped=true checkpoints=log_spaced metric=loss
+    python -m harness model=pythia model.source=local model.root=/data/pythia metric=loss
+    python -m harness model=pythia model.source=mini metric=loss          # offline: builds the mini suite
+
+One code path: a source (`source.HubSource` / `source.LocalSource`) resolves a checkpoint to
+local files (config, safetensors, tokenizer); the model is built with the transformers GPT-NeoX
+classes (never remote code), the headers are validated, the weights hashed, and a
+`PythiaCheckpoint` offers loss, evaluation batches and the streamed fields.
+
+Integrity: every loaded checkpoint's weights hash is put in ``ref.meta["weights_sha"]`` (the
+records' ``weights_sha`` column) and remembered; identical weights under two revisions of one
+run are logged as warnings and listed in `describe` (``duplicate_weights``), as are revisions a
+built suite promised but lacks (``missing_revisions``).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import logging
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from harness.api import (
+    CheckpointRef,
+    ModelFamily,
+    ParameterError,
+    check_choice,
+    check_range,
+)
+
+from . import schedule as S
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
+
+    from .checkpoint import PythiaCheckpoint
+
+logger = logging.getLogger(__name__)
+
+SOURCES = ("hub", "local", "mini")
+DTYPES = ("float32", "float16", "bfloat16")
+#: the data a Pythia checkpoint is evaluated on unless ``data=`` names another preset
+DEFAULT_DATA = {"name": "pydoc"}
+_PUBLIC = re.compile(r"^EleutherAI/pythia-(?P<size>[0-9.]+[mb])(?P<dedup>-deduped)?$")
+
+
+class PythiaFamily(ModelFamily):
+    """Pythia (GPT-NeoX) checkpoints: Hub revisions ``stepN``, a local mirror, or the mini suite.
+
+    Args:
+        size: one size or a list (``14m`` ... ``12b``) for the Hub; for local/mini sources a
+            filter on the sizes found (None = all).
+        deduped: the ``-deduped`` variants (Hub).
+        source: ``hub``, ``local`` (``root`` = directory in the Hub's layout) or ``mini``
+            (build/reuse the ``pythia_mini`` suite with the ``mini`` parameters).
+        root: the local directory (``source=local``).
+        models: local/mini: model ids (glob patterns) to keep; None = all found.
+        revisions: restrict to these steps (ints or ``stepN``); None = all offered.
+        dtype: model dtype (``float32``, ``float16``, ``bfloat16``).
+        device: where the model runs (``cpu``, ``cuda``).
+        modules: default tensor set of the fields: ``pico`` (Pico's three modules' analogue),
+            ``matrices``, ``all``, or a list of glob patterns.
+        probe_batch_size: sequences in the gradient probe batch (Hub checkpoints).
+        verify_hash: hash local weights by content (one extra read per checkpoint).
+        hf_cache_dir: Hugging Face cache directory (default: HF_HOME's).
+        mini: parameters for the ``pythia_mini`` builder (``source=mini``).
+    """
+
+    name = "pythia"
+
+    def __init__(
+        self,
+        size: str | Sequence[str] | None = None,
+        deduped: bool = False,
+        source: str = "hub",
+        root: str | None = None,
+        models: Sequence[str] | None = None,
+        revisions: Sequence[int | str] | None = None,
+        dtype: str = "float32",
+        device: str = "cpu",
+        modules: str | Sequence[str] = "pico",
+        probe_batch_size: int = 8,
+        verify_hash: bool = True,
+        hf_cache_dir: str | None = None,
+        mini: Mapping[str, Any] | None = None,
+        *,
+        data: Mapping[str, Any] | None = None,
+        workdir: str | None = None,
+    ):
+        super().__init__(data=data, workdir=workdir)
+        check_choice("source", source, SOURCES)
+        check_choice("dtype", dtype, DTYPES)
+        check_range("probe_batch_size", probe_batch_size, 1)
+        self.source_kind = source
+        self.deduped = bool(deduped)
+        sizes = [size] if isinstance(size, str) else (list(size) if size is not None else None)
+        if source == "hub":
+            sizes = sizes or ["160m"]
+            for s in sizes:
+                check_choice("size", s, list(S.SIZES))
+                if self.deduped and not S.SIZES[s].deduped:
+                    raise ParameterError("deduped", deduped, f"false for size {s} (no -deduped variant)")
+        self.sizes = sizes
+        if source == "local":
+            if not root or not Path(str(root)).expanduser().is_dir():
+                raise ParameterError("root", root, "an existing directory (required with source=local)")
+        self.root = Path(str(root)).expanduser() if root else None
+        self.models = [models] if isinstance(models, str) else (list(models) if models else None)
+        self.revisions = None if revisions is None else sorted({_step_of(r) for r in revisions})
+        self.dtype, self.device = dtype, device
+        if isinstance(modules, str):
+            from .modules import KINDS
+
+            if modules not in KINDS and not any(c in modules for c in "*?[."):
+                raise ParameterError("modules", modules, "pico, matrices, all, or a list of glob patterns")
+        self.modules = modules
+        self.probe_batch_size = int(probe_batch_size)
+        self.verify_hash = bool(verify_hash)
+        self.hf_cache_dir = hf_cache_dir
+        self.mini = dict(mini or {})
+        self._source: Any = None
+        self._last_loaded: dict[str, CheckpointRef] = {}
+        self._hashes: dict[str, dict[int, str]] = {}
+        self.duplicates: list[dict[str, Any]] = []
+        self.missing: dict[str, list[int]] = {}
+        self._data_cache: dict[str, dict[str, Any]] = {}
+        self._tokenizers: dict[str, Any] = {}
+
+    # -- sources --------------------------------------------------------------------------
+    def prepare(self) -> None:
+        """Build (or reuse) the mini suite for ``source=mini``; otherwise nothing."""
+        self._get_source()
+
+    def _get_source(self):
+        if self._source is not None:
+            return self._source
+        from .source import HubSource, LocalSource
+
+        if self.source_kind == "hub":
+            self._source = HubSource(self.hf_cache_dir)
+        elif self.source_kind == "local":
+            self._source = LocalSource(self.root)
+        else:
+            from .build import build
+
+            self.root = build(**self.mini)
+            self._source = LocalSource(self.root)
+        return self._source
+
+    # -- listing --------------------------------------------------------------------------
+    def checkpoints(self) -> list[CheckpointRef]:
+        src = self._get_source()
+        refs: list[CheckpointRef] = []
+        if src.kind == "hub":
+            for size in self.sizes:
+                model_id = S.repo_id(size, self.deduped)
+                for step in self._keep(S.steps()):
+                    refs.append(self._ref(model_id, size, step, S.tokens_seen(step), S.learning_rate(size, step),
+                                          S.n_params(size)))
+            return refs
+        for model_id, steps in src.list_models().items():
+            if self.models and not any(fnmatch.fnmatchcase(model_id, p) for p in self.models):
+                continue
+            info = self._model_info(model_id, steps)
+            if self.sizes and info["size"] not in self.sizes:
+                continue
+            expected = info.get("steps")
+            if expected:
+                missing = sorted(set(self._keep(expected)) - set(steps))
+                if missing:
+                    self.missing[model_id] = missing
+                    logger.warning("%s: %d promised revisions are missing: %s", model_id, len(missing),
+                                   ", ".join(f"step{s}" for s in missing[:10]))
+            for step in self._keep(steps):
+                tps = info.get("tokens_per_step")
+                refs.append(self._ref(model_id, info["size"], step, step * tps if tps else None,
+                                      info["lr_fn"](step) if info.get("lr_fn") else None, info.get("n_params")))
+        return refs
+
+    def _keep(self, steps: Iterable[int]) -> list[int]:
+        return [s for s in steps if self.revisions is None or s in self.revisions]
+
+    def _ref(self, model_id, size, step, tokens, lr, n_params) -> CheckpointRef:
+        return CheckpointRef(family=self.name, model_id=model_id, size=size, step=step, tokens_seen=tokens,
+                             learning_rate=lr, revision=f"step{step}", n_params=n_params,
+                             meta={"source": self.source_kind})
+
+    def _model_info(self, model_id: str, steps: list[int]) -> dict[str, Any]:
+        """Size, schedule and parameter count of a local run: its ``model_info.json`` (written
+        by the builder), the public schedule for a mirror of ``EleutherAI/pythia-*``, or the
+        weights header alone."""
+        path = self.root / model_id / "model_info.json"
+        if path.is_file():
+            info = json.loads(path.read_text())
+            lr_keys = ("lr", "warmup_steps", "total_steps")
+            if all(k in info for k in lr_keys):
+                info["lr_fn"] = lambda s, i=info: S.lr_at(s, i["lr"], i["total_steps"], i["warmup_steps"],
+                                                            i.get("min_lr_ratio", S.MIN_LR_RATIO))
+            return info
+        m = _PUBLIC.match(model_id)
+        if m and m["size"] in S.SIZES:
+            size = m["size"]
+            return {"size": size, "tokens_per_step": S.TOKENS_PER_STEP, "n_params": S.n_params(size),
+                    "lr_fn": lambda s, z=size: S.learning_rate(z, s)}
+        n_params = None
+        try:
+            from .tensors import WeightFiles
+
+            n_params = WeightFiles.open(self._source.weight_files(model_id, steps[-1])).n_params()
+        except Exception as e:  # noqa: BLE001 (listing must not fail on one broken file)
+            logger.warning("%s: cannot read parameter count: %s", model_id, e)
+        return {"size": Path(model_id).name, "n_params": n_params}
+
+    # -- loading --------------------------------------------------------------------------
+    def load(self, ref: CheckpointRef) -> PythiaCheckpoint:
+        """Load one checkpoint; raises `CheckpointFileError` (naming file and cause) on a missing
+        revision, a truncated/corrupt file or weights that do not fit the config."""
+        import torch
+
+        from .checkpoint import PythiaCheckpoint, read_probe
+        from .source import PROBE_GRADIENTS, PROBE_JSON
+        from .tensors import CheckpointFileError, WeightFiles
+
+        src = self._get_source()
+        model_dir = src.model_dir(ref.model_id, ref.step)
+        files = src.weight_files(ref.model_id, ref.step)
+        weights = WeightFiles.open(files)  # validates every header against the file size
+        sha = src.weights_sha(files) or (weights.sha256() if self.verify_hash else None)
+        if sha:
+            self._note_hash(ref, sha)
+
+        from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+        try:
+            config = GPTNeoXConfig.from_pretrained(str(model_dir))
+        except Exception as e:
+            raise CheckpointFileError(f"{model_dir / 'config.json'}: not a usable GPT-NeoX config ({e})") from e
+        if getattr(config, "model_type", None) != "gpt_neox":
+            raise CheckpointFileError(f"{model_dir / 'config.json'}: model_type {config.model_type!r}, not gpt_neox")
+        try:
+            model = GPTNeoXForCausalLM.from_pretrained(
+                str(files[0].parent), config=config, dtype=getattr(torch, self.dtype))
+        except Exception as e:
+            raise CheckpointFileError(f"{files[0]}: weights do not load into the GPT-NeoX model ({e})") from e
+
+        tokenizer = self._tokenizer(ref.model_id, model_dir)
+        data = self._data(tokenizer, int(config.max_position_embeddings)) if tokenizer is not None else {}
+        probe = data.get("probe")
+        stored = src.optional_file(ref.model_id, ref.step, PROBE_GRADIENTS)
+        if stored is not None:
+            probe_json = src.optional_file(ref.model_id, ref.step, PROBE_JSON)
+            probe = read_probe(probe_json) if probe_json else probe
+        previous = self._last_loaded.get(ref.model_id)
+        if previous is not None and previous.step >= ref.step:
+            previous = None
+        ckpt = PythiaCheckpoint(
+            ref, model,
+            weights=weights,
+            previous_weights=lambda p: WeightFiles.open(src.weight_files(p.model_id, p.step)),
+            previous=previous,
+            probe=probe,
+            stored_gradients=stored,
+            default_modules=self.modules,
+            splits=data.get("splits"),
+            data_source=data.get("fingerprint", ""),
+            tokenizer=tokenizer,
+            device=self.device,
+        )
+        self._last_loaded[ref.model_id] = ref
+        return ckpt
+
+    def _note_hash(self, ref: CheckpointRef, sha: str) -> None:
+        if isinstance(ref.meta, dict):
+            ref.meta["weights_sha"] = sha  # NOTE: meta is excluded from ref identity; the runner reads it
+        seen = self._hashes.setdefault(ref.model_id, {})
+        for step, other in seen.items():
+            if other == sha and step != ref.step:
+                dup = {"model_id": ref.model_id, "steps": sorted((step, ref.step)), "weights_sha": sha}
+                if dup not in self.duplicates:
+                    self.duplicates.append(dup)
+                    logger.warning("%s: step%d and step%d hold identical weights (sha256 %s...)",
+                                   ref.model_id, step, ref.step, sha[:12])
+        seen[ref.step] = sha
+
+    def _tokenizer(self, model_id: str, model_dir: Path):
+        if model_id in self._tokenizers:
+            return self._tokenizers[model_id]
+        tok = None
+        if (model_dir / "tokenizer.json").is_file():
+            from transformers import AutoTokenizer
+
+            tok = AutoTokenizer.from_pretrained(str(model_dir))
+            if tok.pad_token is None:
+                tok.pad_token = tok.eos_token
+        else:
+            logger.warning("%s: no tokenizer.json beside the weights: no evaluation batches", model_dir)
+        self._tokenizers[model_id] = tok
+        return tok
+
+    def _data(self, tokenizer, max_positions: int) -> dict[str, Any]:
+        """Evaluation splits and the gradient probe, tokenised once per tokenizer."""
+        from harness.data import batch_settings, fixed_batches, load_corpus, resolve_data_config, token_blocks
+
+        cfg = resolve_data_config(self.data, DEFAULT_DATA)
+        key = json.dumps({"cfg": cfg, "vocab": len(tokenizer), "name": getattr(tokenizer, "name_or_path", ""),
+                          "probe": self.probe_batch_size}, sort_keys=True, default=str)
+        if key in self._data_cache:
+            return self._data_cache[key]
+        bs = batch_settings(cfg)
+        if bs["seq_len"] > max_positions:
+            raise ParameterError("data.seq_len", bs["seq_len"], f"<= {max_positions} (the model's context)")
+        seed = int(cfg.get("seed", 0) or 0)
+        corpus = load_corpus(cfg)
+        blocks = token_blocks(tokenizer, corpus.texts, bs["seq_len"])
+        splits, fps = {}, []
+        for split in ("val", "train"):
+            fb = fixed_batches(blocks, bs["n_batches"], bs["batch_size"], seed, split,
+                               dataset_id=corpus.dataset_id, val_fraction=bs["val_fraction"])
+            splits[split] = fb.batches
+            fps.append(fb.fingerprint)
+        probe_fb = fixed_batches(blocks, 1, self.probe_batch_size, seed + 1, "val",
+                                 dataset_id=corpus.dataset_id, val_fraction=bs["val_fraction"])
+        probe = {"input_ids": probe_fb.batches[0], "meta": {
+            "probe_fingerprint": probe_fb.fingerprint, "dataset_id": corpus.dataset_id, "split": "val",
+            "example_ids": probe_fb.example_ids[0], "seq_len": probe_fb.seq_len}}
+        out = {"splits": splits, "fingerprint": "+".join(fps), "probe": probe}
+        self._data_cache[key] = out
+        return out
+
+    # -- run facts ------------------------------------------------------------------------
+    def history(self, model_id: str) -> pd.DataFrame | None:
+        """The training log of a built run (``train_log.jsonl``: step, loss, learning_rate,
+        tokens_seen); None for Hub checkpoints (public Pythia ships no per-step log)."""
+        src = self._get_source()
+        if src.kind == "hub":
+            return None
+        path = self.root / model_id / "train_log.jsonl"
+        if not path.is_file():
+            return None
+        import pandas as pd
+
+        return pd.read_json(path, lines=True)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "source": self.source_kind,
+            "root": str(self.root) if self.root else None,
+            "sizes": self.sizes,
+            "deduped": self.deduped,
+            "weights_sha": {m: {f"step{s}": h for s, h in sorted(v.items())} for m, v in self._hashes.items()},
+            "duplicate_weights": list(self.duplicates),
+            "missing_revisions": {m: [f"step{s}" for s in v] for m, v in self.missing.items()},
+        }
+
+
+def _step_of(r: int | str) -> int:
+    m = re.fullmatch(r"(?:step)?(\d+)", str(r).strip())
+    if not m:
+        raise ParameterError("revisions", r, "steps as integers or 'stepN'")
+    return int(m[1])
