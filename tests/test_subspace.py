@@ -445,3 +445,21 @@ def test_plots_from_records(tmp_path):
     paths = SubspaceMetric().plots(pd.DataFrame(rows), tmp_path / "fig")
     assert [p.name for p in paths] == ["subspace_org__m.png"] and paths[0].stat().st_size > 1000
     assert SubspaceMetric().plots(pd.DataFrame(rows).assign(status="error"), tmp_path / "none") == []
+
+
+def test_eval_mode_during_analysis_and_training_flag_restored(tmp_path):
+    """Dropout is off during the analysis (eigenvalues match the eval-mode exact Hessian and
+    two runs agree); a model handed over in train mode is left in train mode."""
+    x, y = mixture(128, seed=2)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(20, 16), nn.Dropout(0.5), nn.Tanh(), nn.Linear(16, 10)).train()
+    ckpt = ClassifierCheckpoint(model, batches_of(x, y, 128))
+    metric = SubspaceMetric(ks=[3], n_minibatches=0, residuals=False, eig_tol=1e-8)
+    a = records(metric.measure(ctx_for(ckpt, tmp_path)), "eigenvalue")
+    b = records(metric.measure(ctx_for(ckpt, tmp_path)), "eigenvalue")
+    assert model.training
+    assert a["i=1"].value == pytest.approx(b["i=1"].value, rel=1e-9)
+    model.eval()
+    evals = torch.linalg.eigvalsh(exact_hessian(FlatObjective(ckpt, ckpt.eval_batches()))).flip(0)
+    model.train()
+    assert [a[f"i={i}"].value for i in (1, 2, 3)] == pytest.approx(evals[:3].tolist(), rel=1e-4)
