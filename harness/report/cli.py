@@ -37,7 +37,7 @@ def add_commands(subparsers) -> None:
     rep.add_argument("--out", type=Path, default=None, help="output directory for files (default: <first run>/report)")
     rep.add_argument("--measures", nargs="*", default=None, help="leaderboard columns, globs metric:measure[:task]")
     rep.add_argument("--performance", nargs="*", default=None,
-                     help="performance measures for the relation table (default: lm_eval:* loss:*)")
+                     help="performance measures for the relation table (default: lm_eval:* loss:loss)")
     rep.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for CIs")
     rep.add_argument("--n-perm", type=int, default=1000, help="block permutations for p-values")
     rep.set_defaults(func=run_report)

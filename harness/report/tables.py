@@ -28,7 +28,7 @@ logger = logging.getLogger(__name__)
 ROW_KEYS = ["family", "size", "model_id", "checkpoint", "step"]
 SERIES_KEYS = ["metric", "measure", "task"]
 #: default "performance" measures for the relation table: downstream scores and held-out loss
-DEFAULT_PERFORMANCE = ("lm_eval:*", "loss:*")
+DEFAULT_PERFORMANCE = ("lm_eval:*", "loss:loss")
 ARROWS = {True: "↑", False: "↓"}
 
 
@@ -301,7 +301,7 @@ def relation(
         "n": data["n"].astype(int),
         "spearman [95% CI]": [_ci(r, lo, hi) for r, lo, hi in zip(data.spearman, data.spearman_lo, data.spearman_hi)],
         "kendall [95% CI]": [_ci(r, lo, hi) for r, lo, hi in zip(data.kendall, data.kendall_lo, data.kendall_hi)],
-        "partial r | log step, size": [fmt_value(v) for v in data["partial_r"]],
+        "partial r (log step, size)": [fmt_value(v) for v in data["partial_r"]],
         "perm p": [_p(v) for v in data["perm_p"]],
         "BH q": [_p(v) for v in data["q_bh"]],
     })

@@ -162,10 +162,8 @@ def task_dir_name() -> str:
 
 
 def default_cache_root() -> Path:
-    """``$HARNESS_CACHE_DIR/lm_eval`` or ``~/.cache/harness/lm_eval``."""
-    base = os.environ.get("HARNESS_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "harness"
-    )
+    """``$HARNESS_CACHE/lm_eval`` or ``~/.cache/harness/lm_eval`` (the runner's cache root)."""
+    base = os.environ.get("HARNESS_CACHE") or os.path.join(os.path.expanduser("~/.cache"), "harness")
     return Path(base) / "lm_eval"
 
 
