@@ -48,13 +48,17 @@ def _setup(hidden, layers, heads, vocab, batch, seq):
     return model, ck, ck.eval_batches()
 
 
-def _time(fn, repeat):
-    fn()  # warm-up
-    best = float("inf")
-    for _ in range(repeat):
-        t0 = time.perf_counter()
+def _time(fns: dict, repeat: int) -> dict:
+    """Min wall time of each function, timed round-robin (one warm-up each) so that load
+    from other processes on a shared machine drifts over all methods alike."""
+    for fn in fns.values():
         fn()
-        best = min(best, time.perf_counter() - t0)
+    best = dict.fromkeys(fns, float("inf"))
+    for _ in range(repeat):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - t0)
     return best
 
 
@@ -75,36 +79,40 @@ def bench_sequence(names, repeat):
         model, ck, batches = _setup(*CONFIGS[name])
         targets, _ = find_targets(model)
         n_params = sum(p.numel() for p in model.parameters())
-        base = _time(_fwd_bwd(model, ck, batches), repeat)
-        hooks = _time(lambda: opposition(model, ck.per_example_loss, batches, targets, example="sequence"), repeat)
-        loop = _time(lambda: opposition_loop(model, ck.per_example_loss, batches, targets), max(1, repeat // 2))
-        try:
-            vm = _time(lambda: opposition_vmap(model, ck.per_example_loss, batches, targets, chunk_size=8), max(1, repeat // 2))
-        except Exception as exc:  # noqa: BLE001 - report, do not stop the benchmark
-            print(f"  vmap failed: {exc}")
-            vm = float("nan")
+        fns = {
+            "base": _fwd_bwd(model, ck, batches),
+            "hooks": lambda: opposition(model, ck.per_example_loss, batches, targets, example="sequence"),
+            "loop": lambda: opposition_loop(model, ck.per_example_loss, batches, targets),
+            "vmap": lambda: opposition_vmap(model, ck.per_example_loss, batches, targets, chunk_size=8),
+        }
         try:
             import opacus  # noqa: F401
 
             op = "todo"
         except ImportError:
             op = "n/a"
+        t = _time(fns, repeat)
+        base, hooks, loop, vm = t["base"], t["hooks"], t["loop"], t["vmap"]
         print(f"{name:8} {n_params / 1e6:7.1f}M {base:10.3f} {loop / base:7.2f} {vm / base:7.2f} {op:>7} {hooks / base:7.2f}")
 
 
 def bench_token(names, repeat, n_positions):
-    print(f"\n== exact per-token opposition on the last {n_positions} positions of each row ==")
+    print(f"\n== exact per-token opposition (tiny: all positions; others: the last {n_positions}), batch <= 8 ==")
     print(f"{'config':8} {'fwd+bwd s':>10} {'per-position (ZSL)':>19} {'ours':>7} {'ours/ZSL':>9} {'rank-1 position':>16}")
     for name in names:
         hidden, layers, heads, vocab, batch, seq = CONFIGS[name]
         batch = min(batch, 8)
         model, ck, batches = _setup(hidden, layers, heads, vocab, batch, seq)
         targets, _ = find_targets(model)
-        pos = (seq - 1 - n_positions, seq - 1)
-        base = _time(_fwd_bwd(model, ck, batches), repeat)
-        zsl = _time(lambda: opposition_per_position(model, ck.per_example_loss, batches, targets, positions=pos), 1)
-        ours = _time(lambda: opposition(model, ck.per_example_loss, batches, targets, example="token", positions=pos), 1)
-        r1 = _time(lambda: opposition(model, ck.per_example_loss, batches, targets, example="position"), repeat)
+        # tiny: every position of the sequence; larger: the last n_positions (the costliest)
+        pos = (0, seq - 1) if name == "tiny" else (seq - 1 - n_positions, seq - 1)
+        t = _time({
+            "base": _fwd_bwd(model, ck, batches),
+            "zsl": lambda: opposition_per_position(model, ck.per_example_loss, batches, targets, positions=pos),
+            "ours": lambda: opposition(model, ck.per_example_loss, batches, targets, example="token", positions=pos),
+            "r1": lambda: opposition(model, ck.per_example_loss, batches, targets, example="position"),
+        }, repeat)
+        base, zsl, ours, r1 = t["base"], t["zsl"], t["ours"], t["r1"]
         print(f"{name:8} {base:10.3f} {zsl / base:18.1f}x {ours / base:6.1f}x {ours / zsl:9.2f} {r1 / base:15.2f}x")
 
 

@@ -156,6 +156,19 @@ def test_token_slice_of_positions_matches_the_per_position_algorithm(neox):
         opposition(neox.model, neox.per_example_loss, b, targets, example="token", positions=(3, 99))
 
 
+@pytest.mark.parametrize("chunk_mb", [0.02, 64.0])
+def test_token_groups_and_chunks_match_the_per_position_algorithm(neox, chunk_mb):
+    """32 positions: 8 truncated forwards, each with several vmapped backward chunks (small
+    budgets) or one (large): all must give ZSL's per-position result."""
+    targets, _ = find_targets(neox.model)
+    b = random_token_batches(64, 1, 2, 33, seed=5)
+    zsl = opposition_per_position(neox.model, neox.per_example_loss, b, targets)
+    fast = opposition(neox.model, neox.per_example_loss, b, targets, example="token", chunk_mb=chunk_mb)
+    assert fast.n_examples == zsl.n_examples == 64 and fast.notes == []
+    for name in zsl.per_layer:
+        assert fast.layer_D(name) == pytest.approx(zsl.layer_D(name), abs=1e-6)
+
+
 def test_position_contributions_are_not_per_token_gradients(neox):
     """The rank-1 term a_s g_s^T is the per-token gradient only where the layer's output at s
     reaches no other position's loss (last block); attention makes earlier layers differ."""

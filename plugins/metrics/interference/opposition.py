@@ -328,6 +328,12 @@ def _is_causal_token_batch(batch: Any) -> bool:
     return isinstance(batch, torch.Tensor) and batch.dim() == 2 and not batch.is_floating_point()
 
 
+#: at most this many forward passes per batch for per-token opposition: positions are split
+#: into groups, each group runs one forward truncated after its last position and then one
+#: vmapped backward per chunk of K positions (retain_graph)
+_TOKEN_GROUPS = 8
+
+
 def _token_batch(fmodel, loss_fn, batch, targets, acc, chunk_mb, notes, positions=None) -> None:
     with torch.no_grad():
         full = loss_fn(batch, fmodel).float()
@@ -336,55 +342,72 @@ def _token_batch(fmodel, loss_fn, batch, targets, acc, chunk_mb, notes, position
         _sequence_or_position_batch(fmodel, loss_fn, batch, targets, acc, "sequence", chunk_mb)
         return
     n_rows, n_pos = full.shape[0], int(full[0].numel())
+    full = full.reshape(n_rows, n_pos)
     p0, p1 = positions if positions is not None else (0, n_pos)
     if not 0 <= p0 < p1 <= n_pos:
         raise ValueError(f"positions {positions} outside the {n_pos} loss positions")
     acc.n_examples += n_rows * (p1 - p0)
-    truncate = _is_causal_token_batch(batch) and full.dim() == 2 and n_pos == batch.shape[1] - 1
+    # causal token batch (B, S) with losses (B, S-1): the loss at t depends on tokens <= t+1 only
+    truncate = _is_causal_token_batch(batch) and n_pos == batch.shape[1] - 1
     dout_total = sum(t.shape[1] if t.transposed else t.shape[0] for t in targets)
-    # memory per position in a chunk: its output gradients at every layer (x3 for the
-    # vmapped backward's temporaries)
-    k = _chunk_rows(3 * 4 * n_rows * (n_pos + 1) * dout_total, chunk_mb)
+    # memory per position of a chunk: its output gradients at every layer, x2 for the
+    # vmapped backward's temporaries
+    k = _chunk_rows(2 * 4 * n_rows * (n_pos + 1) * dout_total, chunk_mb)
+    group = max(k, -(-(p1 - p0) // _TOKEN_GROUPS))
     checked = False
-    for t0 in range(p0, p1, k):
-        t1 = min(p1, t0 + k)
-        sub = batch[:, : t1 + 1] if truncate else batch
+    for g0 in range(p0, p1, group):
+        g1 = min(p1, g0 + group)
+        sub = batch[:, : g1 + 1] if truncate else batch
         with _Capture(targets) as cap:
             loss = loss_fn(sub, fmodel).float().reshape(n_rows, -1)
         if truncate and not checked:
             checked = True
-            if loss.shape[1] != t1 or not torch.allclose(loss.detach(), full.reshape(n_rows, -1)[:, :t1], atol=1e-4, rtol=1e-4):
-                # the model is not causal in the way we assumed: use the full sequences
+            if loss.shape[1] != g1 or not torch.allclose(loss.detach(), full[:, :g1], atol=1e-4, rtol=1e-4):
+                # not causal in the way assumed: use the full sequences from now on
                 notes.append("loss of a truncated sequence differs: ran on full sequences")
                 truncate = False
                 with _Capture(targets) as cap:
                     loss = loss_fn(batch, fmodel).float().reshape(n_rows, -1)
-        kk = t1 - t0
-        eye = torch.zeros(kk, *loss.shape, device=loss.device)
-        eye[torch.arange(kk), :, t0 + torch.arange(kk)] = 1.0
         outs = cap.flat_outputs()
-        try:
-            gz = torch.autograd.grad(loss, outs, grad_outputs=eye, is_grads_batched=True, allow_unused=True)
-        except RuntimeError as exc:  # an op without a vmap rule: one backward per position
-            notes.append(f"batched backward failed ({type(exc).__name__}); one backward per position")
-            gz = tuple(
-                torch.stack([g for g in gs]) if gs[0] is not None else None
-                for gs in zip(*[torch.autograd.grad(loss[:, t].sum(), outs, retain_graph=True, allow_unused=True)
-                                for t in range(t0, t1)])
-            )
-        grads = iter(gz)
-        for t in targets:
-            ins = cap.inputs.pop(t.name)
-            pairs = [(a, next(grads)) for a in ins]
-            a = torch.cat([_rows(a, n_rows) for a, g in pairs if g is not None], 1)
-            g = torch.cat([_rows(g.reshape(kk * n_rows, *g.shape[2:]), kk * n_rows).reshape(kk, n_rows, -1, g.shape[-1])
-                           for a_, g in pairs if g is not None], 2)
-            # per-token gradients for (k, row): g[k, row]^T a[row], a few positions at a time
-            step = _chunk_rows(4 * n_rows * t.module.weight.numel(), chunk_mb)
-            for k0 in range(0, kk, step):
-                acc.add_examples(t.name, _per_example(a.unsqueeze(0), g[k0 : k0 + step], t.transposed))
+        ins = {t.name: cap.inputs[t.name] for t in targets}
+        # slicing positions s <= t1 is exact only for a verified causal batch whose layers
+        # are called once, position-aligned with the tokens
+        sliceable = truncate and all(len(v) == 1 and _rows(v[0], n_rows).shape[1] == loss.shape[1] + 1
+                                     for v in ins.values())
+        for t0 in range(g0, g1, k):
+            t1 = min(g1, t0 + k)
+            _token_chunk(loss, outs, ins, targets, acc, n_rows, t0, t1, sliceable, chunk_mb, notes)
         cap.clear()
-        del gz, outs, loss
+        del outs, loss, ins
+
+
+def _token_chunk(loss, outs, ins, targets, acc, n_rows, t0, t1, sliceable, chunk_mb, notes) -> None:
+    """Per-token gradients of loss positions [t0, t1) from one vmapped backward."""
+    kk = t1 - t0
+    eye = torch.zeros(kk, *loss.shape, device=loss.device)
+    eye[torch.arange(kk), :, t0 + torch.arange(kk)] = 1.0
+    try:
+        gz = torch.autograd.grad(loss, outs, grad_outputs=eye, is_grads_batched=True, retain_graph=True,
+                                 allow_unused=True)
+    except RuntimeError as exc:  # an op without a vmap rule: one backward per position
+        notes.append(f"batched backward failed ({type(exc).__name__}); one backward per position")
+        per_t = [torch.autograd.grad(loss[:, t].sum(), outs, retain_graph=True, allow_unused=True)
+                 for t in range(t0, t1)]
+        gz = tuple(None if gs[0] is None else torch.stack(gs) for gs in zip(*per_t))
+    grads = iter(gz)
+    n_s = t1 + 1 if sliceable else None  # outputs at positions > t1 get no gradient
+    for t in targets:
+        pairs = [(a, next(grads)) for a in ins[t.name]]
+        pairs = [(a, g) for a, g in pairs if g is not None]
+        if not pairs:
+            continue
+        a = torch.cat([_rows(a, n_rows)[:, :n_s] for a, _ in pairs], 1)
+        g = torch.cat([_rows(g.reshape(kk * n_rows, *g.shape[2:]), kk * n_rows).reshape(kk, n_rows, -1, g.shape[-1])
+                       [:, :, :n_s] for _, g in pairs], 2)
+        # per-token gradients for (k, row): g[k, row]^T a[row], a few positions at a time
+        step = _chunk_rows(4 * n_rows * t.module.weight.numel(), chunk_mb)
+        for k0 in range(0, kk, step):
+            acc.add_examples(t.name, _per_example(a.unsqueeze(0), g[k0 : k0 + step], t.transposed))
 
 
 # ---- references (tests and benchmark) ---------------------------------------------------
