@@ -36,6 +36,7 @@ class TimeScalingMetric(Metric):
         min_points: int = 5,
         max_slope_ratio: float = 1.6,
         max_rsle: float = 0.08,
+        max_loss_drop: float = 1e-5,
     ):
         super().__init__()
         check_choice("source", source, ("auto", "records", "history"))
@@ -44,9 +45,10 @@ class TimeScalingMetric(Metric):
         check_range("min_points", min_points, 3)
         check_range("max_slope_ratio", max_slope_ratio, 1)
         check_range("max_rsle", max_rsle, 0, low_inclusive=False)
+        check_range("max_loss_drop", max_loss_drop, 0, 1)
         self.source, self.fit_min_step, self.fit_max_step = source, fit_min_step, fit_max_step
         self.fit_min_fraction, self.window_decades, self.min_points = fit_min_fraction, window_decades, min_points
-        self.max_slope_ratio, self.max_rsle = max_slope_ratio, max_rsle
+        self.max_slope_ratio, self.max_rsle, self.max_loss_drop = max_slope_ratio, max_rsle, max_loss_drop
 
     # -- inputs -------------------------------------------------------------------------
     def _curve(self, ctx: TrajectoryContext) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, str]:
@@ -122,14 +124,18 @@ class TimeScalingMetric(Metric):
                 yield Measurement("logit_scale_exponent", slope, stderr=err, n=int(ok.sum()),
                                   extra={"expected": "about +1/3 in the peaked regime"})
 
-        verdict, why = self._power_law_verdict(fit.rsle, [w["slope"] for w in slopes])
+        drop = float(loss[sel].min() / loss[np.isfinite(loss) & (loss > 0)][0])
+        verdict, why = self._power_law_verdict(fit.rsle, [w["slope"] for w in slopes], drop)
         yield Measurement("power_law", float(verdict), n=fit.n, message=why,
                           warning=None if verdict else f"no power law: {why}",
                           extra={"local_slopes": [w["slope"] for w in slopes]})
 
-    def _power_law_verdict(self, rsle: float | None, slopes: list[float]) -> tuple[bool, str]:
-        """A power law has a roughly constant local slope and a good fit: an exponential crash
-        (target not peaked enough) shows as local slopes growing window after window."""
+    def _power_law_verdict(self, rsle: float | None, slopes: list[float], drop: float) -> tuple[bool, str]:
+        """A power law has a roughly constant local slope and a good fit. A target that is not
+        peaked enough is learned exactly: the loss crashes exponentially (local slopes growing
+        window after window) down to the numerical floor, many decades below where it started."""
+        if drop < self.max_loss_drop:
+            return False, f"loss fell to {drop:.1e} of its initial value: learned exactly (exponential crash)"
         if rsle is not None and rsle > self.max_rsle:
             return False, f"fit RSLE {rsle:.3f} > {self.max_rsle}"
         positive = [s for s in slopes if s > 0]
