@@ -41,7 +41,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from harness.api import ParameterError, check_choice, check_range
+from harness.api import ConfigError, ParameterError, check_choice, check_range
 
 from . import schedule as S
 
@@ -81,18 +81,25 @@ DEFAULTS: dict[str, Any] = {
 
 
 def build(**params: Any) -> Path:
-    """Build (or reuse) the suite and return its directory. ``cache_dir`` (default
-    ``$HARNESS_CACHE`` or ``~/.cache/harness``) and ``force`` are not part of the cache key."""
+    """Build (or reuse) the suite and return its directory.
+
+    The directory is ``out`` when given, else ``<cache_dir>/pythia_mini-<hash of params>``
+    (``cache_dir`` defaults to ``$HARNESS_CACHE`` or ``~/.cache/harness``). A complete build
+    with the same parameters there is reused unless ``force=true``. ``out``, ``cache_dir``,
+    ``force``, ``device`` and ``threads`` are not part of the key."""
     cache_dir = params.pop("cache_dir", None) or os.environ.get("HARNESS_CACHE") or "~/.cache/harness"
+    out = params.pop("out", None)
     force = _as_bool(params.pop("force", False))
     p = _normalise(params)
     key = hashlib.sha256(json.dumps({k: v for k, v in p.items() if k not in ("device", "threads")} |
                                     {"recipe": RECIPE_VERSION}, sort_keys=True).encode()).hexdigest()[:12]
-    root = Path(cache_dir).expanduser() / f"pythia_mini-{key}"
+    root = Path(out).expanduser() if out else Path(cache_dir).expanduser() / f"pythia_mini-{key}"
     marker = root / "suite.json"
-    if marker.is_file() and not force and json.loads(marker.read_text()).get("complete"):
+    if marker.is_file() and not force and json.loads(marker.read_text()).get("key") == key:
         logger.info("pythia_mini: reusing %s", root)
         return root
+    if root.exists() and any(root.iterdir()) and not marker.is_file():
+        raise ConfigError(f"{root}: exists and is not a pythia_mini build; refusing to overwrite it")
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}-", dir=root.parent))
     try:

@@ -149,7 +149,10 @@ class PythiaFamily(ModelFamily):
         else:
             from .build import build
 
-            self.root = build(**self.mini)
+            params = dict(self.mini)
+            if self.workdir is not None:  # the runner's cache (cache_dir/families/pythia)
+                params.setdefault("cache_dir", str(self.workdir))
+            self.root = build(**params)
             self._source = LocalSource(self.root)
         return self._source
 

@@ -36,8 +36,8 @@ DTYPES: dict[str, torch.dtype] = {
 }
 #: largest header safetensors itself accepts (100 MB)
 MAX_HEADER = 100_000_000
-#: elements of the previous tensor subtracted per chunk (32 MB of fp32)
-CHUNK_ELEMS = 8 * 1024 * 1024
+#: elements of the previous tensor subtracted per chunk (16 MB of fp32)
+CHUNK_ELEMS = 4 * 1024 * 1024
 
 
 class CheckpointFileError(RuntimeError):
@@ -168,13 +168,18 @@ def _read_exact(f, offset: int, out: torch.Tensor, path: Path, name: str) -> Non
 
 def stream_deltas(current: WeightFiles, previous: WeightFiles, names: Sequence[str] | None = None,
                   dtype: torch.dtype = torch.float32) -> Iterator[tuple[str, torch.Tensor]]:
-    """Yield ``(name, current - previous)`` in ``dtype``, one tensor at a time.
+    """Yield ``(name, current - previous)`` in ``dtype``, one tensor at a time, in file order.
 
     Raises `CheckpointFileError` naming both files when a tensor is missing on one side or its
     shape changed between the checkpoints.
     """
     names = current.names() if names is None else list(names)
-    for name in names:
+    # file order: sequential reads (the header lists names alphabetically, not by offset)
+    names = _spread_large(sorted(names, key=lambda n: (str(current.entries[n].file), current.entries[n].start)
+                                 if n in current.entries else ("", 0)), current)
+    for i, name in enumerate(names):
+        if name not in current.entries:
+            raise CheckpointFileError(f"tensor {name!r} is not in {', '.join(map(str, current.files))}")
         if name not in previous.entries:
             raise CheckpointFileError(
                 f"tensor {name!r} is in {current.entries[name].file} but not in {', '.join(map(str, previous.files))}")
@@ -182,6 +187,44 @@ def stream_deltas(current: WeightFiles, previous: WeightFiles, names: Sequence[s
         if a.shape != b.shape:
             raise CheckpointFileError(
                 f"shape of {name!r} changed between checkpoints: {b.shape} in {b.file} vs {a.shape} in {a.file}")
+        if i + 1 < len(names):  # let the kernel read the next pair ahead while this one is used
+            nxt = names[i + 1]
+            for w in (current, previous):
+                if nxt in w.entries:
+                    _will_need(w.entries[nxt])
         out = current.read(name, dtype)  # a fresh buffer we own: subtract in place
         previous.subtract_into(name, out)
         yield name, out
+
+
+def _spread_large(names: list[str], w: WeightFiles) -> list[str]:
+    """Keep file order, but never yield two of the largest tensors back to back.
+
+    NOTE: a consumer's ``for name, d in field(...)`` keeps the previous ``d`` alive while the
+    next one is read, so two consecutive embedding-sized tensors would double the peak. Spreading
+    the large ones (over half the largest size) between small ones costs a seek or two.
+    """
+    sizes = {n: w.entries[n].nbytes if n in w.entries else 0 for n in names}
+    if len(names) < 3:
+        return names
+    cut = max(sizes.values()) / 2
+    big = [n for n in names if sizes[n] > cut]
+    small = [n for n in names if sizes[n] <= cut]
+    if len(big) < 2 or not small:
+        return names
+    out, step = [], len(small) / len(big)
+    for i, n in enumerate(big):
+        lo, hi = round(i * step), round((i + 1) * step)
+        out += [n, *small[lo:hi]]
+    return out
+
+
+def _will_need(e: TensorEntry) -> None:
+    """Ask the kernel to start reading this tensor's bytes (asynchronous readahead)."""
+    if not hasattr(os, "posix_fadvise"):  # pragma: no cover - non-POSIX
+        return
+    fd = os.open(e.file, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, e.start, e.nbytes, os.POSIX_FADV_WILLNEED)
+    finally:
+        os.close(fd)
