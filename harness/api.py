@@ -209,6 +209,11 @@ class Checkpoint:
         """
         raise NotImplementedError(f"family {self.ref.family!r} offers no field {kind!r}")
 
+    def performance(self) -> Mapping[str, float]:
+        """Evaluation numbers the family stored with this checkpoint, as ``{task: perplexity}``
+        (e.g. Pico's ``eval_results``); the ``loss`` metric turns them into records."""
+        return {}
+
     def optimizer_state(self) -> Mapping[str, Any] | None:
         """The optimiser state stored with the checkpoint, when the family has it."""
         return None
@@ -226,6 +231,9 @@ class ModelFamily:
     """
 
     name: ClassVar[str] = ""
+    #: False for families that only have logs (no weights to load): checkpoint- and pair-scope
+    #: metrics then get ``skipped`` records instead of load errors
+    has_weights: ClassVar[bool] = True
 
     def __init__(self, *, data: Mapping[str, Any] | None = None, workdir: str | None = None, **params: Any):
         self.data = dict(data or {})

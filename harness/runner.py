@@ -385,6 +385,16 @@ class Runner:
         if not todo:
             return
         started = time.time()
+        if not self.family.has_weights:
+            for metric, scope, pair_step in todo:
+                uid = self.unit_id(ref.model_id, ref.step, metric, scope, pair_step)
+                reason = f"family '{self.family.name}' has no weights to load; {metric} needs a checkpoint"
+                rows = self._rows([Measurement.skipped("*", reason)], metric=metric, scope=scope, unit_id=uid,
+                                  ref=ref, pair_step=pair_step, started=started)
+                writer.write_unit(rows)
+                self.summary.add(rows)
+                self.summary.units_run += 1
+            return
         try:
             ckpt = self.family.load(ref)
         except (KeyboardInterrupt, SystemExit):

@@ -55,3 +55,6 @@ class LossMetric(Metric):
         yield Measurement("loss", mean, stderr=stderr, n=count, higher_is_better=False, unit="nats", extra=extra)
         if logit_rows:
             yield Measurement("logit_std", logit_std_sum / logit_rows, n=logit_rows, extra=extra)
+        for task, ppl in sorted(ckpt.performance().items()):
+            yield Measurement("perplexity", float(ppl), task=task, higher_is_better=False,
+                              extra={"source": "stored with the checkpoint by its family"})

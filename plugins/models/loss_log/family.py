@@ -49,6 +49,7 @@ class LossLogFamily(ModelFamily):
     """Training-loss logs (CSV, JSONL, TensorBoard) as runs without checkpoints."""
 
     name = "loss_log"
+    has_weights = False
 
     def __init__(
         self,
