@@ -30,8 +30,8 @@ def test_vectorised_statistics_equal_scipy(xy):
         assert S.spearman_batch(x[idx], y[idx])[i] == pytest.approx(stats.spearmanr(x[idx[i]], y[idx[i]]).statistic)
 
 
-@pytest.mark.parametrize("ours, theirs", [(S.spearman_batch, lambda a, b: stats.spearmanr(a, b).statistic),
-                                          (S.kendall_batch, lambda a, b: stats.kendalltau(a, b).statistic)])
+@pytest.mark.parametrize("ours, theirs", [("spearman", lambda a, b: stats.spearmanr(a, b).statistic),
+                                          ("kendall", lambda a, b: stats.kendalltau(a, b).statistic)])
 def test_bootstrap_ci_equals_scipy_bootstrap_of_scipy_statistic(xy, ours, theirs):
     x, y = xy
     lo, hi = S.bootstrap_ci(x, y, ours, n_resamples=300, seed=3)
@@ -39,6 +39,15 @@ def test_bootstrap_ci_equals_scipy_bootstrap_of_scipy_statistic(xy, ours, theirs
                           rng=np.random.default_rng(3)).confidence_interval
     assert (lo, hi) == pytest.approx((ref.low, ref.high), abs=1e-10)
     assert lo < theirs(x, y) < hi
+
+
+@pytest.mark.parametrize("kind, ref", [("spearman", stats.spearmanr), ("kendall", stats.kendalltau)])
+def test_count_statistics_equal_scipy_on_each_resample(xy, kind, ref):
+    x, y = xy
+    idx = np.random.default_rng(5).integers(0, len(x), (20, len(x)))
+    got = S.COUNT_STATISTICS[kind](S.resample_counts(idx, len(x)), x, y)
+    want = [ref(x[i], y[i]).statistic for i in idx]
+    np.testing.assert_allclose(got, want, atol=1e-12)
 
 
 def test_partial_corr_equals_precision_matrix_formula():

@@ -40,7 +40,7 @@ def test_html_is_self_contained(tmp_path):
     assert len(imgs) >= 3 and all(src.startswith("data:image/png;base64,") for src in imgs)
     assert "<link" not in page and "<script" not in page
     assert "pydoc_mc/acc ↑" in page and "loss.loss ↓" in page
-    assert "scatter_00" in page and "size_loss_loss" in page and "loss_loss" in page
+    assert "scatter" in page and "finite_size" in page and "loss_loss" in page
 
 
 @pytest.mark.parametrize("frame", [None, "empty", "skipped_only", "no_steps"])

@@ -67,13 +67,25 @@ def _versions(v) -> dict:
     return {k: val for k, val in d.items() if k not in IGNORED_VERSION_KEYS}
 
 
+NUMERIC_KEYS = ("step", "pair_step", "seed")
+
+
 def _key_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    """Index each record by a string of its join keys (NA -> "", integers without ".0", so
+    JSONL and Parquet copies of one run agree); the last of duplicates wins. Vectorised."""
     f = frame.copy()
+    key = None
     for c in JOIN_KEYS:
         if c not in f:
             f[c] = None
-    # a stable string key (NaN/None -> "") so the join is exact and deterministic
-    f["_key"] = f[JOIN_KEYS].astype("object").where(f[JOIN_KEYS].notna(), "").astype(str).agg("\x1f".join, axis=1)
+        if c in NUMERIC_KEYS:
+            num = pd.to_numeric(f[c], errors="coerce").astype("Int64")
+            col = num.astype(str).where(num.notna(), "")
+        else:
+            col = f[c].astype(object).where(f[c].notna(), "").astype(str)
+        col = col.fillna("")  # pandas 3 keeps NA through astype(str)
+        key = col if key is None else key + "\x1f" + col
+    f["_key"] = key.to_numpy() if key is not None else ""
     return f.drop_duplicates("_key", keep="last").set_index("_key")
 
 

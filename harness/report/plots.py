@@ -3,7 +3,8 @@
 * `loss_curves`: every model-level ``loss`` series against step, one line per model (log-log),
   plus each metric plugin's own ``plots(records, out_dir)`` (e.g. deceleration fits).
 * `finite_size`: value against parameter count (log-log) at up to 6 steps, one panel per series.
-* `scatter`: observable against performance with a Theil-Sen trend line (robust, scipy).
+* `scatter`: observable against performance with a Theil-Sen trend line (robust, scipy), one
+  panel per strongest relation row. Panels share one figure: savefig dominates the cost.
 
 Each function returns the files it wrote and never raises for missing data (it writes nothing).
 """
@@ -20,8 +21,8 @@ from harness.report.tables import model_level, series_label
 
 logger = logging.getLogger(__name__)
 
-MAX_FINITE_SIZE = 8
-MAX_SCATTER = 12
+MAX_FINITE_SIZE = 9
+MAX_SCATTER = 9
 
 
 def _plt():
@@ -59,8 +60,8 @@ def loss_curves(frame: pd.DataFrame, out_dir: Path) -> list[Path]:
         ax.legend(fontsize=7)
         ax.set_title(f"{series_label(metric, 'loss', task or None)} over training")
         path = out_dir / f"loss_{metric}{'_' + task if task else ''}.png"
-        fig.tight_layout()
-        fig.savefig(path, dpi=90)
+        fig.subplots_adjust(left=0.14, right=0.97, bottom=0.13, top=0.9)
+        fig.savefig(path, dpi=80)
         plt.close(fig)
         files.append(path)
     return files
@@ -90,38 +91,49 @@ def plugin_plots(frame: pd.DataFrame, out_dir: Path) -> list[Path]:
     return files
 
 
+def _grid(plt, n: int):
+    cols = min(3, n)
+    rows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.3 * rows), squeeze=False)
+    for ax in axes.ravel()[n:]:
+        ax.set_visible(False)
+    return fig, axes.ravel()
+
+
 def finite_size(frame: pd.DataFrame, out_dir: Path) -> list[Path]:
+    """One figure, one panel per series: value vs parameters (log-log) at up to 6 steps."""
     f = model_level(frame)
     f = f[f["n_params"].notna()]
     if f.empty or f["n_params"].nunique() < 2:
         return []
-    plt = _plt()
-    files = []
     f = f.assign(task=f["task"].fillna(""))
     groups = [(k, g) for k, g in f.groupby(["metric", "measure", "task"], sort=True) if g["n_params"].nunique() >= 2]
     groups.sort(key=lambda kg: (kg[0][0] != "lm_eval" and kg[0][1] != "loss", kg[0]))
-    for (metric, measure, task), g in groups[:MAX_FINITE_SIZE]:
-        steps = sorted(g["step"].unique())
-        shared = [s for s in steps if g[g["step"] == s]["n_params"].nunique() >= 2]
-        if not shared:
-            continue
+    panels = []
+    for key, g in groups:
+        shared = [s for s, gs in g.groupby("step", sort=True) if gs["n_params"].nunique() >= 2]
+        if shared:
+            panels.append((key, g, shared))
+        if len(panels) == MAX_FINITE_SIZE:
+            break
+    if not panels:
+        return []
+    plt = _plt()
+    fig, axes = _grid(plt, len(panels))
+    for ax, ((metric, measure, task), g, shared) in zip(axes, panels):
         pick = [shared[int(i)] for i in np.unique(np.linspace(0, len(shared) - 1, min(6, len(shared))).round())]
-        fig, ax = plt.subplots(figsize=(6, 4))
         for s in pick:
             gs = g[g["step"] == s].groupby("n_params")["value"].mean()
-            ax.plot(gs.index, gs.values, marker="o", label=f"step {int(s)}")
+            ax.plot(gs.index, gs.values, marker="o", ms=3, label=f"step {int(s)}")
         _positive_log(ax, g["n_params"], g["value"])
-        label = series_label(metric, measure, task or None)
         ax.set_xlabel("parameters")
-        ax.set_ylabel(label)
-        ax.set_title(f"finite size: {label}")
-        ax.legend(fontsize=7)
-        path = out_dir / f"size_{metric}_{measure}{'_' + task if task else ''}.png"
-        fig.tight_layout()
-        fig.savefig(path, dpi=90)
-        plt.close(fig)
-        files.append(path)
-    return files
+        ax.set_title(series_label(metric, measure, task or None), fontsize=9)
+        ax.legend(fontsize=6)
+    path = out_dir / "finite_size.png"
+    fig.subplots_adjust(left=0.08, right=0.98, bottom=0.08, top=0.93, hspace=0.5, wspace=0.3)  # tight_layout costs seconds
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return [path]
 
 
 def scatter(frame: pd.DataFrame, relation: pd.DataFrame, out_dir: Path) -> list[Path]:
@@ -139,29 +151,29 @@ def scatter(frame: pd.DataFrame, relation: pd.DataFrame, out_dir: Path) -> list[
                                                              kind="mergesort").head(MAX_SCATTER)
     pts = _points(frame)
     labels = {series_label(*c): c for c in pts.columns if isinstance(c, tuple)}
-    plt = _plt()
-    files = []
-    for i, r in enumerate(rel.itertuples(index=False)):
+    panels = []
+    for r in rel.itertuples(index=False):
         xs, ys = labels.get(r.observable), labels.get(r.performance)
-        if xs is None or ys is None:
-            continue
-        p = pts[pts["family"] == r.family]
-        ok = p[xs].notna() & p[ys].notna()
-        p = p[ok]
-        fig, ax = plt.subplots(figsize=(5, 4))
+        if xs is not None and ys is not None:
+            panels.append((r, xs, ys))
+    if not panels:
+        return []
+    plt = _plt()
+    fig, axes = _grid(plt, len(panels))
+    for ax, (r, xs, ys) in zip(axes, panels):
+        p = pts[(pts["family"] == r.family) & pts[xs].notna() & pts[ys].notna()]
         for model_id, g in p.groupby("model_id", sort=True):
-            ax.scatter(g[xs], g[ys], s=14, label=str(model_id))
+            ax.scatter(g[xs], g[ys], s=10, label=str(model_id))
         if len(p) >= 3 and p[xs].nunique() > 1:
             slope, icpt, _, _ = stats.theilslopes(p[ys], p[xs])
             xx = np.linspace(p[xs].min(), p[xs].max(), 50)
             ax.plot(xx, icpt + slope * xx, "k--", lw=1, label="Theil-Sen trend")
-        ax.set_xlabel(r.observable)
-        ax.set_ylabel(r.performance)
+        ax.set_xlabel(r.observable, fontsize=8)
+        ax.set_ylabel(r.performance, fontsize=8)
         ax.set_title(f"{r.family}: rho={r.spearman:+.2f}", fontsize=9)
-        ax.legend(fontsize=6)
-        path = out_dir / f"scatter_{i:02d}.png"
-        fig.tight_layout()
-        fig.savefig(path, dpi=90)
-        plt.close(fig)
-        files.append(path)
-    return files
+        ax.legend(fontsize=5)
+    path = out_dir / "scatter.png"
+    fig.subplots_adjust(left=0.08, right=0.98, bottom=0.08, top=0.93, hspace=0.5, wspace=0.3)  # tight_layout costs seconds
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return [path]

@@ -272,10 +272,10 @@ def relation(
                     rows.append(row)
                     continue
                 row["spearman"] = S.spearman(x, y)
-                row["spearman_lo"], row["spearman_hi"] = S.bootstrap_ci(x, y, S.spearman_batch,
+                row["spearman_lo"], row["spearman_hi"] = S.bootstrap_ci(x, y, "spearman",
                                                                         n_resamples=n_boot, seed=seed)
                 row["kendall"] = S.kendall(x, y)
-                row["kendall_lo"], row["kendall_hi"] = S.bootstrap_ci(x, y, S.kendall_batch,
+                row["kendall_lo"], row["kendall_hi"] = S.bootstrap_ci(x, y, "kendall",
                                                                       n_resamples=n_boot, seed=seed)
                 if name == base_name:  # the baseline IS the time covariate: partial is undefined
                     row["partial_r"], row["partial_p"] = float("nan"), float("nan")
