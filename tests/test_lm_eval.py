@@ -109,7 +109,7 @@ def test_random_model_mc_near_chance_and_records_settings(plugin_records):
     assert mc.extra["limit"] == LIMIT and mc.extra["bootstrap_iters"] == 50 and mc.extra["filter"] == "none"
     ppl = next(r for r in recs if r.measure == "bits_per_byte")
     assert ppl.higher_is_better is False and ppl.value > 0
-    raw = json.loads((art / "lm_eval" / "tiny-run" / "step100" / "results.json").read_text())
+    raw = json.loads((art / "tiny-run" / "step100" / "results.json").read_text())
     assert set(raw["results"]) == set(M.DEFAULT_TASKS)
 
 

@@ -118,6 +118,15 @@ def test_partial_correlation_finds_real_link():
     assert row["partial_r"] > 0.95 and row["perm_p"] < 0.01
 
 
+def test_constant_series_row_says_why():
+    f = make_frame()
+    f.loc[f.measure == "acc", "value"] = 0.0  # e.g. a random model never gets the cloze word
+    rel = relation(f, n_boot=0, n_perm=0)
+    rows = rel.display[rel.display.performance == "pydoc_mc/acc"]
+    assert len(rows) == 2 and set(rows["note"]) == {"constant performance"}
+    assert (rows["spearman [95% CI]"] == "").all()
+
+
 def test_relation_empty_cases_explain_themselves():
     r = relation(make_frame(), performance=("nothing:*",))
     assert r.empty and "no performance measure" in r.note

@@ -268,7 +268,7 @@ def relation(
                 row = {"family": family, "observable": name, "performance": series_label(*p), "n": n,
                        "n_models": int(len(set(blocks)))}
                 if np.ptp(x) == 0 or np.ptp(y) == 0:
-                    row["note"] = "constant"
+                    row["note"] = "constant " + ("observable" if np.ptp(x) == 0 else "performance")
                     rows.append(row)
                     continue
                 row["spearman"] = S.spearman(x, y)
@@ -305,6 +305,8 @@ def relation(
         "perm p": [_p(v) for v in data["perm_p"]],
         "BH q": [_p(v) for v in data["q_bh"]],
     })
+    if "note" in data:  # say why a row has no statistics (e.g. a constant score)
+        disp["note"] = data["note"].fillna("").to_numpy()
     footer = footer + [
         f"bootstrap: {n_boot} paired resamples (percentile); permutation: {n_perm} within-model_id shuffles; "
         f"BH over {int(data['perm_p'].notna().sum())} tests; partial: cubic in log(1+step) + size",

@@ -269,7 +269,7 @@ class LmEvalMetric(Metric):
         results = self.evaluate(model, tokenizer)
         elapsed = time.perf_counter() - t0
         ref = ckpt.ref
-        out_dir = ctx.artifact_dir("lm_eval", ref.model_id, ref.label)
+        out_dir = ctx.artifact_dir(ref.model_id, ref.label)  # the runner roots it at the metric
         _write_json(results, out_dir / "results.json")
         settings = {**self.settings(), "eval_time_s": round(elapsed, 3)}
         measurements = list(results_to_measurements(results, settings))
