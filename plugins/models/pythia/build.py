@@ -147,7 +147,10 @@ def _normalise(params: Mapping[str, Any]) -> dict[str, Any]:
     check_range("weight_decay", p["weight_decay"], 0)
     check_range("grad_clip", p["grad_clip"], 0, low_inclusive=False)
     check_range("val_fraction", p["val_fraction"], 0, 1, low_inclusive=False, high_inclusive=False)
-    p["data"] = dict(p["data"]) if isinstance(p["data"], Mapping) else {"name": str(p["data"])}
+    from harness.data import resolve_data_config
+
+    data = dict(p["data"]) if isinstance(p["data"], Mapping) else {"name": str(p["data"])}
+    p["data"] = resolve_data_config(data, DEFAULTS["data"])  # e.g. data.max_docs=5 alone keeps pydoc
     return p
 
 
