@@ -102,6 +102,20 @@ def test_cloze_scores_match_brute_force(env, plugin_records):
     assert got[("pydoc_cloze", "perplexity")] == pytest.approx(math.exp(-sum(logps) / len(logps)), rel=1e-4)
 
 
+def test_global_rng_state_is_left_alone(env, tmp_path):
+    """simple_evaluate reseeds random/numpy/torch; the metric must not leak that to later metrics."""
+    import random
+
+    import numpy as np
+
+    random.seed(7), np.random.seed(7), torch.manual_seed(7)
+    expected = (random.random(), float(np.random.rand()), float(torch.rand(1)))
+    random.seed(7), np.random.seed(7), torch.manual_seed(7)
+    metric = LmEvalMetric(tasks=["pydoc_mc"], limit=2, bootstrap_iters=0, cache_dir=str(env["root"] / "cache"))
+    list(metric.measure(_ctx(env, _ckpt(env), tmp_path)))
+    assert (random.random(), float(np.random.rand()), float(torch.rand(1))) == expected
+
+
 def test_random_model_mc_near_chance_and_records_settings(plugin_records):
     recs, art = plugin_records
     mc = next(r for r in recs if r.task == "pydoc_mc" and r.measure == "acc")

@@ -16,6 +16,7 @@ process (both managers are cached).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -80,6 +81,31 @@ def manager_for(tasks: Sequence[str], include_paths: Sequence[str]) -> Any:
         detail = "; ".join(f"{t!r}" + (f" (did you mean: {', '.join(h)}?)" if h else "") for t, h in hints.items())
         raise ValueError(f"unknown lm-eval task(s): {detail}")
     return tm
+
+
+@contextlib.contextmanager
+def preserved_global_rng() -> Iterator[None]:
+    """Restore Python's, numpy's and torch's global RNG state afterwards.
+
+    ``simple_evaluate`` reseeds all three (random 0, numpy/torch 1234) for its own
+    reproducibility; without this, every metric that runs after it in the same process would
+    see reseeded global generators.
+    """
+    import random
+
+    import numpy as np
+    import torch
+
+    py, npy, cpu = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    try:
+        yield
+    finally:
+        random.setstate(py)
+        np.random.set_state(npy)
+        torch.set_rng_state(cpu)
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
 
 
 def split_key(key: str) -> tuple[str, str] | None:
@@ -229,7 +255,14 @@ class LmEvalMetric(Metric):
         if self.max_length is not None:
             kw["max_length"] = self.max_length
         lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=self.batch_size, **kw)
-        out = simple_evaluate(
+        with preserved_global_rng():
+            out = self._simple_evaluate(simple_evaluate, lm, tm)
+        if out is None:  # only non-zero ranks under multi-process evaluation
+            raise RuntimeError("lm-eval returned no results (non-primary rank?)")
+        return out
+
+    def _simple_evaluate(self, simple_evaluate: Any, lm: Any, tm: Any) -> Any:
+        return simple_evaluate(
             model=lm,
             tasks=list(self.tasks),
             num_fewshot=self.num_fewshot,
@@ -238,9 +271,6 @@ class LmEvalMetric(Metric):
             log_samples=self.log_samples,
             task_manager=tm,
         )
-        if out is None:  # only non-zero ranks under multi-process evaluation
-            raise RuntimeError("lm-eval returned no results (non-primary rank?)")
-        return out
 
     # ---- the metric ---------------------------------------------------------------------
     def measure(self, ctx: CheckpointContext) -> Iterator[Measurement]:
