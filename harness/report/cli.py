@@ -118,6 +118,8 @@ def run_compare(args) -> int:
         shown[cols].to_csv(sys.stdout, index=False)
     elif args.format == "md":
         print(shown[cols].to_markdown(index=False))
+    elif shown.empty:
+        print("no differences")
     else:
         from rich.table import Table as RichTable
 
@@ -126,7 +128,6 @@ def run_compare(args) -> int:
             rt.add_column(c)
         for row in shown[cols].itertuples(index=False):
             rt.add_row(*(_fmt(v) for v in row))
-        rt.caption = summary(table)
         _console().print(rt)
     print(summary(table))
     if len(bad):
