@@ -193,7 +193,15 @@ def test_bad_params(kw, key):
     assert exc.value.key == key
 
 
-def test_unknown_task_is_a_clear_error(env):
+def test_builtin_tasks_indexed_only_when_needed_and_once(env):
+    """A built-in task name (Pythia's suite) needs lm-eval's own index: built once, then reused;
+    an unknown name is a clear error with close matches."""
     M._TASK_MANAGERS.clear()
+    paths = [str(env["task_dir"])]
     with pytest.raises(ValueError, match="pydoc_mcq.*did you mean: pydoc_mc"):
-        M.manager_for(["pydoc_mcq"], [str(env["task_dir"])])
+        M.manager_for(["pydoc_mcq"], paths)
+    tm = M.manager_for(["lambada_openai", "pydoc_mc"], paths)
+    assert "lambada_openai" in tm.all_tasks and "pydoc_mc" in tm.all_tasks
+    assert M.manager_for(list(M.PYTHIA_TASKS), paths) is tm
+    assert sorted(M._TASK_MANAGERS) == [(tuple(paths), False), (tuple(paths), True)]
+    assert M.manager_for(["pydoc_ppl"], paths) is M._TASK_MANAGERS[(tuple(paths), False)]
