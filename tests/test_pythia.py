@@ -318,6 +318,7 @@ def test_hub_path_through_the_cache(suite, tmp_path):
     meta = c1.field_meta("gradient")
     assert meta["source"] == "computed" and meta["probe_fingerprint"] and len(grads) == 6
     assert c0.data_fingerprint == c1.data_fingerprint
+    assert len(fam._data_cache) == 1  # tokenised once for both revisions (same tokenizer.json)
     missing = type(refs[1])(**{**refs[1].__dict__, "step": 2, "revision": "step2"})
     with pytest.raises(CheckpointFileError, match="step2: config.json is not in the Hugging Face cache"):
         fam.load(missing)

@@ -131,6 +131,7 @@ class PythiaFamily(ModelFamily):
         self.missing: dict[str, list[int]] = {}
         self._data_cache: dict[str, dict[str, Any]] = {}
         self._tokenizers: dict[str, Any] = {}
+        self._tok_keys: dict[str, str] = {}
 
     # -- sources --------------------------------------------------------------------------
     def prepare(self) -> None:
@@ -253,7 +254,8 @@ class PythiaFamily(ModelFamily):
             raise CheckpointFileError(f"{files[0]}: weights do not load into the GPT-NeoX model ({e})") from e
 
         tokenizer = self._tokenizer(ref.model_id, model_dir)
-        data = self._data(tokenizer, int(config.max_position_embeddings)) if tokenizer is not None else {}
+        data = (self._data(tokenizer, self._tok_keys[ref.model_id], int(config.max_position_embeddings))
+                if tokenizer is not None else {})
         probe = data.get("probe")
         stored = src.optional_file(ref.model_id, ref.step, PROBE_GRADIENTS)
         if stored is not None:
@@ -296,9 +298,13 @@ class PythiaFamily(ModelFamily):
             return self._tokenizers[model_id]
         tok = None
         if (model_dir / "tokenizer.json").is_file():
+            import hashlib
+
             from transformers import AutoTokenizer
 
             tok = AutoTokenizer.from_pretrained(str(model_dir))
+            # identity of the vocabulary: every revision (and size) sharing it shares the batches
+            self._tok_keys[model_id] = hashlib.sha256((model_dir / "tokenizer.json").read_bytes()).hexdigest()[:16]
             if tok.pad_token is None:
                 tok.pad_token = tok.eos_token
         else:
@@ -306,13 +312,13 @@ class PythiaFamily(ModelFamily):
         self._tokenizers[model_id] = tok
         return tok
 
-    def _data(self, tokenizer, max_positions: int) -> dict[str, Any]:
+    def _data(self, tokenizer, tok_key: str, max_positions: int) -> dict[str, Any]:
         """Evaluation splits and the gradient probe, tokenised once per tokenizer."""
         from harness.data import batch_settings, fixed_batches, load_corpus, resolve_data_config, token_blocks
 
         cfg = resolve_data_config(self.data, DEFAULT_DATA)
-        key = json.dumps({"cfg": cfg, "vocab": len(tokenizer), "name": getattr(tokenizer, "name_or_path", ""),
-                          "probe": self.probe_batch_size}, sort_keys=True, default=str)
+        key = json.dumps({"cfg": cfg, "tokenizer": tok_key, "probe": self.probe_batch_size, "max": max_positions},
+                         sort_keys=True, default=str)
         if key in self._data_cache:
             return self._data_cache[key]
         bs = batch_settings(cfg)
