@@ -9,14 +9,22 @@ from __future__ import annotations
 
 import logging
 import sys
+import warnings
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from harness import sweep
 from harness.api import HarnessError
 from harness.registry import metrics, models, unknown_name_message
 
 logger = logging.getLogger("harness")
+
+# NOTE: our launcher presets (conf/hydra/launcher/joblib.yaml, submitit_*.yaml) keep the plugin's
+# option names, so Hydra 1.3 validates them against the plugin's schema of the same name and
+# warns that this matching is deprecated. The validation is wanted (typos in a preset fail);
+# the presets list every field, so they keep working once Hydra drops the matching.
+warnings.filterwarnings("ignore", message=r"(?s).*is validated against ConfigStore schema with the same name")
 
 CHECKED_GROUPS = ("model", "metric", "checkpoints", "data", "experiment")
 EXIT_USER_ERROR = 2
@@ -94,11 +102,14 @@ def run_from_config(cfg: Any) -> int:
     from harness.config_tree import print_config_tree
     from harness.runner import RunSpec, Runner, resolve_model_name
 
+    from harness import store
+
     hydra_cfg = HydraConfig.get()
     plain = OmegaConf.to_container(cfg, resolve=True)
     run_dir = Path(hydra_cfg.runtime.output_dir)
     multirun = hydra_cfg.mode.name == "MULTIRUN"
     run_root = Path(hydra_cfg.sweep.dir) if multirun else run_dir
+    store.check_writable(run_dir)  # before anything is built, trained or loaded
     choices = dict(hydra_cfg.runtime.choices)
     print_config_tree(cfg, run_dir / "config_tree.txt", show=plain.get("print_config", True) and not multirun)
     model_name = resolve_model_name(plain["model"], choices.get("model"))
@@ -118,7 +129,10 @@ def run_from_config(cfg: Any) -> int:
         cache_dir=Path(plain["cache_dir"]) if plain.get("cache_dir") else None,
         job=str(hydra_cfg.job.num) if multirun else None,
         config=plain,
-        report=bool(plain.get("report", True)),
+        # a multirun's jobs share one run root: the sweep writes its report once, at the end
+        report=bool(plain.get("report", True)) and not multirun,
+        scopes=plain.get("scopes"),
+        check_finite=bool(plain.get("check_finite", True)),
     )
     if not spec.metrics:
         raise HarnessError("no metric selected: choose one with metric=NAME or 'metric=[a,b]'")
@@ -127,26 +141,47 @@ def run_from_config(cfg: Any) -> int:
     from harness.summary import finish_run
 
     finish_run(spec, summary)
-    return EXIT_RECORD_ERRORS if summary.error else 0
+    code = EXIT_RECORD_ERRORS if summary.error else 0
+    if multirun:
+        sweep.write_job_status(run_dir, code, summary=summary)
+    return code
 
 
 def main() -> None:
-    """``python -m harness``: checks, then hands the command line to Hydra."""
+    """``python -m harness``: checks, then hands the command line to Hydra.
+
+    Under ``-m`` (multirun) a job never exits the process: a job with error records or a
+    user error writes its status, the other jobs go on, and at the end of the sweep
+    `harness.sweep.SweepSummary` prints one line over all jobs and sets the exit code.
+    """
+    argv = sys.argv[1:]
     try:
-        check_group_choices(sys.argv[1:])
+        check_group_choices(argv)
+        sweep.check_launcher(argv)
+        sweep.check_results_root(argv)
     except HarnessError as exc:
         print_error(str(exc))
         sys.exit(EXIT_USER_ERROR)
+    if sweep.is_multirun(argv):
+        sys.argv.append(sweep.CALLBACK_OVERRIDE)
     _hydra_entry()
+    if sweep.EXIT_CODE:
+        sys.exit(sweep.EXIT_CODE)
 
 
 def _task(cfg: Any) -> None:
+    from hydra.core.hydra_config import HydraConfig
+
+    multirun = HydraConfig.get().mode.name == "MULTIRUN"
     try:
         code = run_from_config(cfg)
     except HarnessError as exc:
         print_error(str(exc))
-        sys.exit(EXIT_USER_ERROR)
-    if code:
+        if not multirun:
+            sys.exit(EXIT_USER_ERROR)
+        sweep.write_job_status(Path(HydraConfig.get().runtime.output_dir), EXIT_USER_ERROR, message=str(exc))
+        return
+    if code and not multirun:
         sys.exit(code)
 
 

@@ -21,7 +21,7 @@ import os
 import socket
 import time
 import traceback
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -29,6 +29,7 @@ from typing import Any
 
 from harness import __version__, selection, store
 from harness.api import (
+    Checkpoint,
     CheckpointContext,
     CheckpointRef,
     ConfigError,
@@ -180,6 +181,25 @@ class RunSpec:
     job: str | None = None
     config: dict[str, Any] = field(default_factory=dict)
     report: bool = True
+    #: which scopes this job runs (None = all). A two-stage sweep runs checkpoint/pair scopes
+    #: in many jobs, then trajectory/suite scopes in one job that reads all their records.
+    scopes: list[str] | None = None
+    #: raise on NaN/Inf in any tensor a metric reads through ``Checkpoint.field``
+    check_finite: bool = True
+
+
+SCOPE_NAMES = tuple(s.value for s in Scope)
+
+
+def parse_scopes(value: Any) -> list[str] | None:
+    """Validate the ``scopes`` config key: None/"all" = every scope, else a subset of them."""
+    if value is None or value == "all":
+        return None
+    items = [value] if isinstance(value, str) else list(value)
+    allowed = "a list drawn from " + ", ".join(SCOPE_NAMES) + " (or all)"
+    if not items or any(str(v) not in SCOPE_NAMES for v in items):
+        raise ParameterError("scopes", value, allowed)
+    return [str(v) for v in items]
 
 
 class Runner:
@@ -187,6 +207,7 @@ class Runner:
         self.spec = spec
         self.run_id = spec.run_root.name
         store.check_writable(spec.run_dir)
+        self.scopes = {Scope(s) for s in (parse_scopes(spec.scopes) or SCOPE_NAMES)}
         self.cache_dir = spec.cache_dir or Path(os.environ.get("HARNESS_CACHE", Path.home() / ".cache" / "harness"))
         self.family = build_family(
             spec.model, spec.model_name, spec.data, self.cache_dir / "families" / spec.model_name,
@@ -227,6 +248,8 @@ class Runner:
         return {r["unit_id"] for r in rows}
 
     def metrics_with(self, scope: Scope) -> list[str]:
+        if scope not in self.scopes:
+            return []
         return [n for n, m in self.metrics.items() if scope in m.scopes]
 
     # -- records ------------------------------------------------------------------------
@@ -349,6 +372,13 @@ class Runner:
 
         ckpt_metrics, pair_metrics = self.metrics_with(Scope.CHECKPOINT), self.metrics_with(Scope.PAIR)
         traj_metrics, suite_metrics = self.metrics_with(Scope.TRAJECTORY), self.metrics_with(Scope.SUITE)
+        if selection.parse_shard(self.spec.checkpoints.get("shard")) and (traj_metrics or suite_metrics):
+            logger.warning(
+                "checkpoints.shard is set and this job runs %s scope on its shard only; for a sharded "
+                "sweep run scopes=[checkpoint,pair] in the shards, then one job with scopes=[trajectory,suite]",
+                "/".join(s.value for s in (Scope.TRAJECTORY, Scope.SUITE) if self.metrics_with(s)))
+        if not any((ckpt_metrics, pair_metrics, traj_metrics, suite_metrics)):
+            logger.warning("no selected metric runs at scopes %s", sorted(s.value for s in self.scopes))
         writer_path = self.spec.run_dir / f"records-{socket.gethostname()}-{os.getpid()}.jsonl"
         n_tasks = (len(refs) if ckpt_metrics or pair_metrics else 0) + len(by_model) * bool(traj_metrics) + bool(
             suite_metrics)
@@ -412,6 +442,8 @@ class Runner:
             return
         load_time = time.time() - started
         ckpt.previous = prev
+        if self.spec.check_finite:
+            guard_fields(ckpt)
         try:
             fingerprint = ckpt.data_fingerprint
         except Exception:  # noqa: BLE001 (provenance must not fail a unit)
@@ -483,6 +515,48 @@ class Runner:
         tmp = path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(manifest, indent=2, default=str))
         os.replace(tmp, path)
+
+
+class NonFiniteFieldError(HarnessError):
+    """A tensor field holds NaN or Inf: the checkpoint (or the family's field code) is broken."""
+
+
+def guard_fields(ckpt: Checkpoint) -> Checkpoint:
+    """Make ``ckpt.field`` raise `NonFiniteFieldError` on the first tensor with NaN or Inf.
+
+    Generic over families: the check wraps whatever generator the family returns, one tensor
+    at a time (no extra copies; one reduction pass per tensor), so a metric never turns a
+    corrupt checkpoint into plausible-looking numbers. The runner turns the error into an
+    ``error`` record naming the field kind, the tensor and the counts.
+    """
+    inner = ckpt.field
+
+    def field(kind: str, modules: Any = None) -> Iterator[tuple[str, Any]]:
+        for name, tensor in inner(kind, modules):
+            _check_finite(ckpt.ref, kind, name, tensor)
+            yield name, tensor
+
+    ckpt.field = field  # type: ignore[method-assign]
+    return ckpt
+
+
+def _check_finite(ref: CheckpointRef, kind: str, name: str, tensor: Any) -> None:
+    import torch  # NOTE: lazy, `import harness` stays torch-free
+
+    if not torch.is_tensor(tensor):
+        import numpy as np
+
+        tensor = torch.from_numpy(np.asarray(tensor))
+    if not (tensor.is_floating_point() or tensor.is_complex()):
+        return
+    if bool(torch.isfinite(tensor).all()):
+        return
+    n_nan = int(torch.isnan(tensor).sum())
+    n_inf = int(torch.isinf(tensor).sum())
+    raise NonFiniteFieldError(
+        f"field '{kind}' tensor '{name}' of {ref.model_id} {ref.label} has {n_nan} NaN and {n_inf} Inf "
+        f"of {tensor.numel()} values"
+    )
 
 
 def _safe_describe(family: ModelFamily) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -59,23 +60,38 @@ def _free_bytes(directory: Path) -> int | None:
 
 
 class RecordWriter:
-    """Appends records to one job's JSONL file, a unit at a time."""
+    """Appends records to one job's JSONL file, a unit at a time.
+
+    Each unit is one unbuffered ``write`` followed by ``fsync``. If a write fails (full disk,
+    quota, I/O error) the file is cut back to where the unit started, so a failed write never
+    leaves a torn line behind, and the error is raised as `StoreError` naming the file.
+    """
 
     def __init__(self, path: Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         _cut_partial_tail(self.path)
-        self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (kept open for the run)
+        # NOTE: unbuffered, so a failed write cannot leave bytes in a buffer that a later
+        # flush (at close) would append after the error was reported
+        self._fh = open(self.path, "ab", buffering=0)  # noqa: SIM115 (kept open for the run)
 
     def write_unit(self, rows: Sequence[dict[str, Any]]) -> None:
         payload = "".join(
             json.dumps(r, default=_json_default, allow_nan=True, separators=(",", ":")) + "\n" for r in rows
-        )
+        ).encode("utf-8")
+        fd = self._fh.fileno()
+        start = os.lseek(fd, 0, os.SEEK_END)
         try:
-            self._fh.write(payload)
-            self._fh.flush()
-            os.fsync(self._fh.fileno())
+            view = memoryview(payload)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+            os.fsync(fd)
         except OSError as exc:
+            try:  # no half-written unit left behind: earlier units stay exactly as they were
+                os.ftruncate(fd, start)
+            except OSError:  # pragma: no cover (the torn tail is cut at the next open anyway)
+                pass
             raise StoreError(f"cannot write results to {self.path}: {exc.strerror or exc}") from exc
 
     def close(self) -> None:
@@ -188,7 +204,7 @@ def write_parquet(frame: pd.DataFrame, path: Path) -> Path:
     import pyarrow.parquet as pq
 
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = path.with_name(f".{path.name}.tmp-{_host()}-{os.getpid()}")
     try:
         pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), tmp)
         os.replace(tmp, path)
@@ -201,11 +217,51 @@ def write_parquet(frame: pd.DataFrame, path: Path) -> Path:
 
 
 def consolidate(root: Path) -> Path | None:
-    """Write ``records.parquet`` for a run root from its JSONL files (all jobs below it)."""
+    """Write ``records.parquet`` for a run root from its JSONL files (all jobs below it).
+
+    Temporary Parquet files left by a writer that was killed mid-write are removed first.
+    """
+    remove_stale_temporaries(Path(root))
     rows = load_rows(root)
     if not rows:
         return None
     return write_parquet(to_frame(rows), Path(root) / RECORDS_PARQUET)
+
+
+def remove_stale_temporaries(root: Path) -> list[Path]:
+    """Delete ``.<name>.tmp-<host>-<pid>`` files whose writer is gone (killed mid-write).
+
+    Only files of this host are judged (a pid means nothing on another node of a cluster);
+    files of live processes (a concurrent job consolidating right now) are left alone.
+    """
+    removed = []
+    prefix = f".tmp-{_host()}-"
+    for tmp in Path(root).rglob(".*.tmp-*"):
+        head, _, pid = tmp.name.rpartition("-")
+        if not (head + "-").endswith(prefix) or not pid.isdigit():
+            continue
+        if int(pid) != os.getpid() and _alive(int(pid)):
+            continue
+        try:
+            tmp.unlink()
+            removed.append(tmp)
+        except OSError:
+            continue
+    return removed
+
+
+def _host() -> str:
+    return socket.gethostname().replace("-", "_") or "host"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def load_results(paths: str | Path | Sequence[str | Path]) -> pd.DataFrame:

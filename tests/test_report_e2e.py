@@ -27,6 +27,7 @@ def _run(results: Path, name: str, max_step: int = 1) -> Path:
     return results / name
 
 
+@pytest.mark.slow  # a Hydra subprocess that trains the toy family: ~15 s idle, ~45 s on the shared CI box
 def test_run_report_compare_end_to_end(tmp_path, capsys):
     run = _run(tmp_path, "a")
     report = run / "report"
