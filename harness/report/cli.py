@@ -75,7 +75,7 @@ def run_report(args) -> int:
     file_formats = tuple(f for f in args.format if f != "terminal")
     out = args.out or (Path(args.runs[0]) / "report")
     files, tables = report.write_report(
-        frame, out, formats=file_formats or ("none",), title=f"harness report: {', '.join(map(str, args.runs))}",
+        frame, out, formats=file_formats, title=f"harness report: {', '.join(map(str, args.runs))}",
         measures=args.measures, performance=args.performance, n_boot=args.n_boot, n_perm=args.n_perm,
         plots="html" in file_formats,
     )

@@ -137,9 +137,12 @@ def bootstrap_ci(x, y, statistic: str = "spearman", *, n_resamples: int = 1000, 
     idx = rng.integers(0, n, (n_resamples, n))  # what scipy's paired bootstrap draws
     theta = COUNT_STATISTICS[statistic](resample_counts(idx, n), x, y)
     alpha = (1 - confidence) / 2
-    if np.isnan(theta).any():
+    finite = theta[np.isfinite(theta)]
+    # a resample that repeats one point is constant and has no correlation; scipy would return
+    # NaN for the whole interval, we drop such resamples unless they are more than 5%
+    if len(finite) < 0.95 * n_resamples:
         return (float("nan"), float("nan"))
-    lo, hi = np.quantile(theta, [alpha, 1 - alpha])
+    lo, hi = np.quantile(finite, [alpha, 1 - alpha])
     return float(lo), float(hi)
 
 
