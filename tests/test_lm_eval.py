@@ -205,3 +205,20 @@ def test_builtin_tasks_indexed_only_when_needed_and_once(env):
     assert M.manager_for(list(M.PYTHIA_TASKS), paths) is tm
     assert sorted(M._TASK_MANAGERS) == [(tuple(paths), False), (tuple(paths), True)]
     assert M.manager_for(["pydoc_ppl"], paths) is M._TASK_MANAGERS[(tuple(paths), False)]
+
+
+def test_hydra_config_instantiates_and_names_agree():
+    """conf/metric/lm_eval.yaml: wrapped in its name, _target_ = the entry point, params valid."""
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    from harness.registry import metrics
+
+    cfg = OmegaConf.to_container(OmegaConf.load(Path(__file__).parent.parent / "conf/metric/lm_eval.yaml"))
+    node = cfg["lm_eval"]
+    target = node.pop("_target_")
+    assert metrics().target("lm_eval").replace(":", ".") == target
+    assert metrics().get("lm_eval") is LmEvalMetric and LmEvalMetric.name == "lm_eval"
+    m = LmEvalMetric(**node)
+    assert m.tasks == list(M.DEFAULT_TASKS) and m.log_samples is False and m.bootstrap_iters == 1000
