@@ -161,13 +161,16 @@ def test_task_manager_is_cached_and_skips_builtin_index(env):
 def test_results_to_measurements_schema():
     res = {
         "results": {"t": {"alias": "t", "acc,none": 0.5, "acc_stderr,none": 0.1,
-                          "exact_match,strict-match": 0.25, "exact_match_stderr,strict-match": "N/A"}},
+                          "exact_match,strict-match": 0.25, "exact_match_stderr,strict-match": "N/A",
+                          "perplexity,none": float("inf"), "perplexity_stderr,none": float("nan"),
+                          "broken,none": "N/A"}},
         "higher_is_better": {"t": {"acc": True, "exact_match": True}},
         "n-samples": {"t": {"original": 10, "effective": 4}},
         "n-shot": {"t": 0},
     }
     out = {m.measure: m for m in M.results_to_measurements(res, {})}
-    assert set(out) == {"acc", "exact_match_strict_match"}
+    assert set(out) == {"acc", "exact_match_strict_match", "perplexity"}
+    assert out["perplexity"].value == float("inf") and out["perplexity"].stderr is None
     assert out["acc"].stderr == 0.1 and out["acc"].n == 4 and out["acc"].task == "t"
     assert out["exact_match_strict_match"].stderr is None
 

@@ -146,9 +146,10 @@ def results_to_measurements(results: dict[str, Any], settings: dict[str, Any]) -
             if parts is None:
                 continue
             metric, filt = parts
-            value = _float(row[key])
-            if value is None and row[key] is not None and not isinstance(row[key], (int, float)):
-                continue  # a non-numeric entry (e.g. an alias) is not a score
+            try:
+                value = float(row[key])  # inf/nan kept: an honest result; the record gets a warning
+            except (TypeError, ValueError):
+                continue  # a non-numeric entry (e.g. "N/A") is not a score
             ns = n_samples.get(task, {})
             yield Measurement(
                 measure_name(metric, filt),
