@@ -67,19 +67,23 @@ class TrainResult:
     learning_rate: torch.Tensor  # (K, steps) learning rate of each update
 
 
-def kl_and_grad(x: torch.Tensor, w_s: torch.Tensor, w_t: torch.Tensor, temps: torch.Tensor):
+def kl_and_grad(x: torch.Tensor, w_s: torch.Tensor, w_t: torch.Tensor, temps: torch.Tensor,
+                teacher_raw: torch.Tensor | None = None):
     """Per-config mean KL(teacher||student) and its gradient wrt the student weights.
 
-    x: (K, B, d); w_s, w_t: (K, V, d); temps: (K,). Returns (loss (K,), grad (K, V, d)).
+    x: (K, B, d); w_s, w_t: (K, V, d); temps: (K,). ``teacher_raw`` (K, B, V), if given, holds
+    ``x @ w_t^T`` already (configs sharing a seed share it). Returns (loss (K,), grad (K, V, d)).
+
+    KL = sum_v p_t (z_t - z_s) - lse(z_t) + lse(z_s), with fused softmax/logsumexp kernels: at
+    these sizes the step is memory-bound, so fewer passes over the (K, B, V) logits is what counts.
     """
     batch = x.shape[1]
-    t_logits = torch.bmm(x, w_t.transpose(1, 2)) / temps[:, None, None]
-    s_logits = torch.bmm(x, w_s.transpose(1, 2))
-    log_pt = torch.log_softmax(t_logits, dim=-1)
-    log_ps = torch.log_softmax(s_logits, dim=-1)
-    p_t = log_pt.exp()
-    loss = (p_t * (log_pt - log_ps)).sum(-1).mean(-1)
-    grad = torch.bmm((log_ps.exp() - p_t).transpose(1, 2), x) / batch
+    z_t = (teacher_raw if teacher_raw is not None else torch.bmm(x, w_t.transpose(1, 2))) / temps[:, None, None]
+    z_s = torch.bmm(x, w_s.transpose(1, 2))
+    p_t = torch.softmax(z_t, dim=-1)
+    loss = (torch.linalg.vecdot(p_t, z_t - z_s) - torch.logsumexp(z_t, -1) + torch.logsumexp(z_s, -1)).mean(-1)
+    diff = torch.softmax(z_s, dim=-1).sub_(p_t)
+    grad = torch.bmm(diff.transpose(1, 2), x).div_(batch)
     return loss, grad
 
 
@@ -114,10 +118,16 @@ def train(
     lrs = torch.empty(k, steps)
     if 0 in want:
         saved[0] = w_s.clone()
+    # one teacher per seed: its raw logits x @ W_t^T are shared by every temperature of that seed
+    w_t_seed = torch.stack([teacher_weights(d, vocab, s) for s in seeds]).to(dev)
     for step in range(steps):
-        xs = torch.stack([torch.randn(batch_size, d, generator=g, device=dev) for g in gens])
-        x = rms_normalise(xs)[seed_index] if len(seeds) > 1 else rms_normalise(xs).expand(k, -1, -1)
-        loss, grad = kl_and_grad(x, w_s, w_t, temps)
+        xs = rms_normalise(torch.stack([torch.randn(batch_size, d, generator=g, device=dev) for g in gens]))
+        raw = torch.bmm(xs, w_t_seed.transpose(1, 2))
+        if len(seeds) > 1:
+            x, raw = xs[seed_index], raw[seed_index]
+        else:
+            x, raw = xs.expand(k, -1, -1), raw.expand(k, -1, -1)
+        loss, grad = kl_and_grad(x, w_s, w_t, temps, teacher_raw=raw)
         lr = lr_at(step, base_lr, steps, lr_schedule)
         if optimizer == "adam":
             b1, b2 = ADAM_BETAS
