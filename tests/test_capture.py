@@ -254,10 +254,15 @@ def test_crash_mid_write_leaves_previous_checkpoints_and_is_ignored(tmp_path, mo
 
 
 def test_suite_of_two_sizes_has_aligned_steps(tmp_path):
+    from harness.capture.recorder import Recorder
+
     suite = tmp_path / "suite"
     for h in (16, 32):
-        train(suite / f"h{h}", hidden=h, steps=2, suite=suite, size=f"h{h}", model_id=f"tiny-h{h}",
-              schedule=Schedule(every=1, log_until=0, final=False))
+        model = tiny_gpt_neox(VOCAB, hidden=h)
+        rec = Recorder(suite / f"h{h}", val_batch=val_ids(), suite=suite, size=f"h{h}", model_id=f"tiny-h{h}")
+        rec.start(model)
+        for step in (0, 1):
+            rec.write_checkpoint(step, model, train_grads=None, learning_rate=1e-3, tokens_seen=step * 128)
     man = L.read_json(suite / L.SUITE_MANIFEST)
     assert [r["model_id"] for r in man["runs"]] == ["tiny-h16", "tiny-h32"]
     refs = list(LocalRunFamily(root=str(suite)).checkpoints())
@@ -265,6 +270,7 @@ def test_suite_of_two_sizes_has_aligned_steps(tmp_path):
     for r in refs:
         by_size.setdefault(r.size, []).append(r.step)
     assert by_size == {"h16": [0, 1], "h32": [0, 1]}
+    assert {r.n_params for r in refs if r.size == "h16"} == {sum(p.numel() for p in tiny_gpt_neox(VOCAB, hidden=16).parameters())}
     assert [r.size for r in LocalRunFamily(root=str(suite), size="h16").checkpoints()] == ["h16", "h16"]
 
 
