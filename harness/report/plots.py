@@ -164,10 +164,15 @@ def scatter(frame: pd.DataFrame, relation: pd.DataFrame, out_dir: Path) -> list[
         p = pts[(pts["family"] == r.family) & pts[xs].notna() & pts[ys].notna()]
         for model_id, g in p.groupby("model_id", sort=True):
             ax.scatter(g[xs], g[ys], s=10, label=str(model_id))
+        yv = p[ys].to_numpy(float)
+        log_y = len(yv) > 0 and (yv > 0).all() and yv.max() / yv.min() > 20  # perplexities span decades
+        if log_y:
+            ax.set_yscale("log")
         if len(p) >= 3 and p[xs].nunique() > 1:
-            slope, icpt, _, _ = stats.theilslopes(p[ys], p[xs])
+            slope, icpt, _, _ = stats.theilslopes(np.log(yv) if log_y else yv, p[xs])
             xx = np.linspace(p[xs].min(), p[xs].max(), 50)
-            ax.plot(xx, icpt + slope * xx, "k--", lw=1, label="Theil-Sen trend")
+            trend = icpt + slope * xx
+            ax.plot(xx, np.exp(trend) if log_y else trend, "k--", lw=1, label="Theil-Sen trend")
         ax.set_xlabel(r.observable, fontsize=8)
         ax.set_ylabel(r.performance, fontsize=8)
         ax.set_title(f"{r.family}: rho={r.spearman:+.2f}", fontsize=9)
