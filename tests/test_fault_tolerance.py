@@ -141,7 +141,8 @@ def _run(tmp_path: Path, *overrides: str, env: dict[str, str] | None = None, tim
 
 def _stable(frame: pd.DataFrame) -> pd.DataFrame:
     cols = [c for c in frame.columns if c not in VOLATILE]
-    return frame[cols].sort_values("record_id").reset_index(drop=True)
+    out = frame[cols].sort_values("record_id").reset_index(drop=True).astype(object)
+    return out.where(out.notna(), None)  # missing is missing, whatever the column dtype
 
 
 def _raw_ids(run_dir: Path) -> list[str]:
