@@ -369,3 +369,23 @@ def test_build_command(tmp_path):
     assert sorted(p.name for p in (out / "pythia-mini-xs").glob("step*")) == ["step0", "step1", "step2"]
     bad = run_harness("suite=pythia_mini", f"out={out}", "sizes=[giant]", module="harness.build")
     assert bad.returncode != 0 and "sizes" in (bad.stderr + bad.stdout)
+
+
+def test_sharded_checkpoints(suite, tmp_path):
+    src = suite / "pythia-mini-xs"
+    for step in (4, 8):
+        d = tmp_path / "pythia-mini-xs" / f"step{step}"
+        hf_model(src / f"step{step}").save_pretrained(str(d), max_shard_size="40KB")
+        for f in src.joinpath(f"step{step}").glob("tokenizer*"):
+            shutil.copy(f, d / f.name)
+        assert (d / "model.safetensors.index.json").exists() and len(list(d.glob("model-*.safetensors"))) > 1
+    fam = family(tmp_path)
+    refs = by_step(fam)
+    fam.load(refs[4])
+    c8 = fam.load(refs[8])
+    a, b = file_state(src / "step4"), file_state(src / "step8")
+    got = dict(c8.field("delta", "all"))
+    assert set(got) == set(a) and all(torch.equal(got[n], b[n] - a[n]) for n in a)
+    with torch.no_grad():
+        batch = c8.eval_batches()[0]
+        assert torch.allclose(c8.per_example_loss(batch), fam.load(by_step(family(suite))[8]).per_example_loss(batch))

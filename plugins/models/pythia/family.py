@@ -247,11 +247,18 @@ class PythiaFamily(ModelFamily):
             raise CheckpointFileError(f"{model_dir / 'config.json'}: not a usable GPT-NeoX config ({e})") from e
         if getattr(config, "model_type", None) != "gpt_neox":
             raise CheckpointFileError(f"{model_dir / 'config.json'}: model_type {config.model_type!r}, not gpt_neox")
+        from transformers.utils import logging as hf_logging
+
+        bars = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()  # one bar per checkpoint would drown the runner's progress
         try:
             model = GPTNeoXForCausalLM.from_pretrained(
                 str(files[0].parent), config=config, dtype=getattr(torch, self.dtype))
         except Exception as e:
             raise CheckpointFileError(f"{files[0]}: weights do not load into the GPT-NeoX model ({e})") from e
+        finally:
+            if bars:
+                hf_logging.enable_progress_bar()
 
         tokenizer = self._tokenizer(ref.model_id, model_dir)
         data = (self._data(tokenizer, self._tok_keys[ref.model_id], int(config.max_position_embeddings))
