@@ -389,3 +389,28 @@ def test_sharded_checkpoints(suite, tmp_path):
     with torch.no_grad():
         batch = c8.eval_batches()[0]
         assert torch.allclose(c8.per_example_loss(batch), fam.load(by_step(family(suite))[8]).per_example_loss(batch))
+
+
+def test_pytorch_bin_fallback(suite, tmp_path):
+    """Revisions that ship only pytorch_model.bin (as pythia-12b's shards) load through the
+    same family; delta equals the safetensors delta; a truncated .bin names the file."""
+    src = suite / "pythia-mini-xs"
+    for step in (4, 8):
+        d = tmp_path / "pythia-mini-xs" / f"step{step}"
+        d.mkdir(parents=True)
+        for f in src.joinpath(f"step{step}").iterdir():
+            if f.name != "model.safetensors" and not f.name.startswith("probe"):
+                shutil.copy(f, d / f.name)
+        torch.save(file_state(src / f"step{step}"), d / "pytorch_model.bin")
+    fam = family(tmp_path)
+    refs = by_step(fam)
+    fam.load(refs[4])
+    c8 = fam.load(refs[8])
+    a, b = file_state(src / "step4"), file_state(src / "step8")
+    assert all(torch.equal(d, b[n] - a[n]) for n, d in c8.field("delta", "all"))
+    assert refs[8].meta["weights_sha"] == hashlib.sha256(
+        (tmp_path / "pythia-mini-xs" / "step8" / "pytorch_model.bin").read_bytes()).hexdigest()
+    f = tmp_path / "pythia-mini-xs" / "step4" / "pytorch_model.bin"
+    f.write_bytes(f.read_bytes()[:1000])
+    with pytest.raises(CheckpointFileError, match=r"step4/pytorch_model.bin: corrupt or truncated"):
+        fam.load(refs[4])

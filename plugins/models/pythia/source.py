@@ -24,6 +24,9 @@ logger = logging.getLogger(__name__)
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
 WEIGHTS_INDEX = "model.safetensors.index.json"
+#: fallback: some revisions ship only PyTorch pickles (e.g. pythia-12b, three .bin shards)
+BIN_WEIGHTS = "pytorch_model.bin"
+BIN_INDEX = "pytorch_model.bin.index.json"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 PROBE_GRADIENTS = "probe_gradients.safetensors"
 PROBE_JSON = "probe.json"
@@ -80,9 +83,13 @@ def _weights_in(d: Path, model_id: str, step: int) -> list[Path]:
         return [d / WEIGHTS]
     if (d / WEIGHTS_INDEX).is_file():
         return _shards(d / WEIGHTS_INDEX)
+    if (d / BIN_WEIGHTS).is_file():
+        return [d / BIN_WEIGHTS]
+    if (d / BIN_INDEX).is_file():
+        return _shards(d / BIN_INDEX)
     if not d.is_dir():
         raise CheckpointFileError(f"{d}: revision {revision(step)} of {model_id} is missing")
-    raise CheckpointFileError(f"{d}: no {WEIGHTS} or {WEIGHTS_INDEX} (safetensors weights are required)")
+    raise CheckpointFileError(f"{d}: no weights ({WEIGHTS}, {WEIGHTS_INDEX}, {BIN_WEIGHTS} or {BIN_INDEX})")
 
 
 def _shards(index: Path) -> list[Path]:
@@ -145,9 +152,14 @@ class HubSource:
             return [p]
         index = self._get(model_id, step, WEIGHTS_INDEX, required=False)
         if index is None:
+            p = self._get(model_id, step, BIN_WEIGHTS, required=False)
+            if p is not None:
+                return [p]
+            index = self._get(model_id, step, BIN_INDEX, required=False)
+        if index is None:
             raise CheckpointFileError(
-                f"{model_id}@{revision(step)}: neither {WEIGHTS} nor {WEIGHTS_INDEX} is available "
-                "(not on the Hub for this revision, or not cached while offline)")
+                f"{model_id}@{revision(step)}: no weights ({WEIGHTS}, {WEIGHTS_INDEX}, {BIN_WEIGHTS}, {BIN_INDEX}) "
+                "available (not on the Hub for this revision, or not cached while offline)")
         files = _shards(index)
         for f in files:
             self._get(model_id, step, f.name)

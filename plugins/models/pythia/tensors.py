@@ -108,8 +108,10 @@ class WeightFiles:
 
     @classmethod
     def open(cls, files: Sequence[str | os.PathLike[str]]) -> WeightFiles:
-        entries: dict[str, TensorEntry] = {}
         paths = [Path(f) for f in files]
+        if paths and all(p.suffix == ".bin" for p in paths):
+            return TorchBinWeights.open(paths)
+        entries: dict[str, TensorEntry] = {}
         for p in paths:
             for name, e in read_header(p).items():
                 if name in entries:
@@ -153,6 +155,49 @@ class WeightFiles:
                 for block in iter(lambda: f.read(16 * 1024 * 1024), b""):
                     h.update(block)
         return h.hexdigest()
+
+
+class TorchBinWeights(WeightFiles):
+    """Fallback for revisions that only ship ``pytorch_model*.bin`` (e.g. the pythia-12b shards):
+    ``torch.load(mmap=True, weights_only=True)``, same interface. The pages it touches count in
+    RSS while the files are mapped (like ``safe_open``), so peak memory is higher than for
+    safetensors."""
+
+    def __init__(self, entries: dict[str, TensorEntry], files: Sequence[Path], tensors: dict[str, torch.Tensor]):
+        super().__init__(entries, files)
+        self._tensors = tensors
+
+    @classmethod
+    def open(cls, files: Sequence[str | os.PathLike[str]]) -> TorchBinWeights:
+        entries: dict[str, TensorEntry] = {}
+        tensors: dict[str, torch.Tensor] = {}
+        paths = [Path(f) for f in files]
+        for p in paths:
+            if not p.is_file():
+                raise CheckpointFileError(f"{p}: checkpoint file is missing")
+            try:
+                sd = torch.load(p, map_location="cpu", mmap=True, weights_only=True)
+            except Exception as e:  # zip/pickle errors of a truncated or corrupt file
+                raise CheckpointFileError(f"{p}: corrupt or truncated PyTorch checkpoint ({e})") from None
+            if not isinstance(sd, dict):
+                raise CheckpointFileError(f"{p}: not a state dict")
+            for name, t in sd.items():
+                if not isinstance(t, torch.Tensor):
+                    continue
+                if name in entries:
+                    raise CheckpointFileError(f"{p}: tensor {name!r} also in {entries[name].file}")
+                entries[name] = TensorEntry(name, p, t.dtype, tuple(t.shape), -1, t.numel() * t.element_size())
+                tensors[name] = t
+        return cls(entries, paths, tensors)
+
+    def read(self, name: str, dtype: torch.dtype | None = None) -> torch.Tensor:
+        t = self._tensors[name]
+        return t.to(dtype or t.dtype, copy=True)  # a private copy, never the mapped file
+
+    def subtract_into(self, name: str, out: torch.Tensor) -> None:
+        flat, src = out.view(-1), self._tensors[name].reshape(-1)
+        for lo in range(0, src.numel(), CHUNK_ELEMS):
+            flat[lo:lo + CHUNK_ELEMS] -= src[lo:lo + CHUNK_ELEMS].to(out.dtype)
 
 
 def _read_exact(f, offset: int, out: torch.Tensor, path: Path, name: str) -> None:
@@ -221,7 +266,7 @@ def _spread_large(names: list[str], w: WeightFiles) -> list[str]:
 
 def _will_need(e: TensorEntry) -> None:
     """Ask the kernel to start reading this tensor's bytes (asynchronous readahead)."""
-    if not hasattr(os, "posix_fadvise"):  # pragma: no cover - non-POSIX
+    if not hasattr(os, "posix_fadvise") or e.start < 0:  # non-POSIX, or a .bin entry (no offsets)
         return
     fd = os.open(e.file, os.O_RDONLY)
     try:
