@@ -21,8 +21,9 @@ Sources (``name`` in the data node):
   patterns; one document per file.
 * ``jsonl``: ``paths`` of JSON-lines files; ``text_field`` (default ``text``) holds the text,
   ``id_field`` (optional) the document id.
-* ``hf_dataset``: a Hugging Face dataset (``path``, ``config``, ``split``, ``text_field``),
-  online or from the local datasets cache.
+* ``hf_dataset``: a Hugging Face dataset (``path``, ``config``, ``split``, ``text_field``,
+  optional ``data_files`` for builder datasets such as ``json``), online or from the local
+  datasets cache.
 * ``default``: the family's own default data; `resolve_data_config` maps it to a concrete node.
 
 Every source accepts ``max_docs`` (keep the first N documents after sorting by id, for speed).
@@ -229,7 +230,8 @@ def _load_hf(cfg: Mapping[str, Any]) -> tuple[list[tuple[str, str]], str]:
     max_docs = cfg.get("max_docs")
     split_spec = f"{split}[:{int(max_docs)}]" if max_docs else split
     try:
-        ds = datasets.load_dataset(path, config, split=split_spec, revision=cfg.get("revision"))
+        kw = {"data_files": cfg["data_files"]} if cfg.get("data_files") else {}
+        ds = datasets.load_dataset(path, config, split=split_spec, revision=cfg.get("revision"), **kw)
     except Exception as e:  # network, missing cache, unknown dataset: one clear message
         raise ConfigError(f"cannot load Hugging Face dataset {path!r} ({config}, {split}): {e}") from e
     if text_field not in ds.column_names:

@@ -154,3 +154,16 @@ def test_fixed_batches_deterministic_and_fingerprinted(corpus, tok):
     assert len(small) == 2
     with pytest.raises(ConfigError, match="fewer than batch_size"):
         D.fixed_batches(blocks[:20], 1, 5, seed=0, split="val", val_fraction=0.2)
+
+
+def test_hf_dataset_source_offline(tmp_path):
+    """The hf_dataset source through `datasets`' json builder on a local file (no network)."""
+    p = tmp_path / "rows.jsonl"
+    rows = [{"text": f"row number {i}"} for i in range(5)]
+    p.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    c = D.load_corpus({"name": "hf_dataset", "path": "json", "data_files": str(p), "split": "train", "max_docs": 3})
+    assert c.texts == ("row number 0", "row number 1", "row number 2")
+    with pytest.raises(ConfigError, match="no column 'body'"):
+        D.load_corpus({"name": "hf_dataset", "path": "json", "data_files": str(p), "text_field": "body"})
+    with pytest.raises(ConfigError, match="cannot load Hugging Face dataset"):
+        D.load_corpus({"name": "hf_dataset", "path": "no-such/dataset-xyz"})
