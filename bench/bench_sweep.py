@@ -107,9 +107,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench_sweep-") as tmp:
         work = Path(tmp)
         if not args.skip_launcher:
+            load0 = os.getloadavg()[0]
             seq, par = bench_launcher(args.jobs, args.steps, work)
             print(f"launcher: {args.jobs} toy jobs ({args.steps} steps, 25 checkpoints, loss) "
-                  f"sequential {seq:.1f} s, joblib n_jobs=2 {par:.1f} s, ratio {par / seq:.2f}x (target <= 0.65)")
+                  f"sequential {seq:.1f} s, joblib n_jobs=2 {par:.1f} s, ratio {par / seq:.2f}x (target <= 0.65); "
+                  f"load average {load0:.1f} -> {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores "
+                  "(other processes share the cores: the ratio only means something on an idle machine)")
         t_first, t_resume, n = bench_resume(args.records, work)
         print(f"resume: first run {n} records in {t_first:.2f} s; restart skipping all {t_resume:.2f} s "
               f"(target < 5 s); ratio restart/first {t_resume / t_first:.2f}")
