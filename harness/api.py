@@ -143,6 +143,8 @@ class CheckpointRef:
     learning_rate: float | None = None
     revision: str | None = None
     n_params: int | None = None
+    #: family-specific facts; a family may set ``meta["weights_sha"]`` and ``meta["warning"]``
+    #: (e.g. "identical weights to step1000") when loading, and the runner copies both into records
     meta: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     @property

@@ -295,7 +295,7 @@ class Runner:
                 "higher_is_better": meas.higher_is_better,
                 "status": meas.status,
                 "message": meas.message,
-                "warning": meas.warning,
+                "warning": meas.warning or ((base_ref.meta or {}).get("warning") if base_ref else None),
                 "data_fingerprint": data_fingerprint,
                 "metric_config_hash": self.metric_hashes[metric],
                 "plugin_dist": ep.dist,

@@ -222,6 +222,7 @@ def test_weights_hash_and_duplicates(copy, caplog):
     assert refs[4].meta["weights_sha"] == refs[6].meta["weights_sha"] == want
     assert fam.describe()["duplicate_weights"] == [{"model_id": "pythia-mini-xs", "steps": [4, 6], "weights_sha": want}]
     assert "identical weights" in caplog.text
+    assert refs[6].meta["warning"].startswith("identical weights to step4")  # copied into records
 
 
 def test_missing_revision(copy):

@@ -294,6 +294,8 @@ class PythiaFamily(ModelFamily):
         for step, other in seen.items():
             if other == sha and step != ref.step:
                 dup = {"model_id": ref.model_id, "steps": sorted((step, ref.step)), "weights_sha": sha}
+                if isinstance(ref.meta, dict):  # the runner copies it into every record's `warning`
+                    ref.meta["warning"] = f"identical weights to step{step} (sha256 {sha[:12]}...)"
                 if dup not in self.duplicates:
                     self.duplicates.append(dup)
                     logger.warning("%s: step%d and step%d hold identical weights (sha256 %s...)",
