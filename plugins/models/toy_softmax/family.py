@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import os
 import json
 import logging
 from collections.abc import Iterator, Sequence
@@ -113,7 +114,7 @@ class ToySoftmaxFamily(ModelFamily):
 
     def _save_cache(self, cache: Path, r: TrainResult) -> None:
         cache.mkdir(parents=True, exist_ok=True)
-        tmp = cache / "trained.safetensors.tmp"
+        tmp = cache / f"trained.safetensors.tmp-{os.getpid()}"  # concurrent jobs never share a temp file
         save_file(
             {"student": r.student.contiguous(), "teacher": r.teacher.contiguous(),
              "train_loss": r.train_loss.contiguous(), "learning_rate": r.learning_rate.contiguous(),
