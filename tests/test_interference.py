@@ -158,8 +158,8 @@ def test_token_slice_of_positions_matches_the_per_position_algorithm(neox):
 
 @pytest.mark.parametrize("chunk_mb", [0.02, 64.0])
 def test_token_groups_and_chunks_match_the_per_position_algorithm(neox, chunk_mb):
-    """32 positions: 8 truncated forwards, each with several vmapped backward chunks (small
-    budgets) or one (large): all must give ZSL's per-position result."""
+    """32 positions: 6 truncated forwards (groups of ceil(sqrt(32)) = 6 positions), each with
+    several vmapped backward chunks (small budget) or one (large): all give ZSL's result."""
     targets, _ = find_targets(neox.model)
     b = random_token_batches(64, 1, 2, 33, seed=5)
     zsl = opposition_per_position(neox.model, neox.per_example_loss, b, targets)

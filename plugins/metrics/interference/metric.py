@@ -43,7 +43,7 @@ from harness.api import (
     check_range,
 )
 
-from .loss_change import example_losses, load_losses, one_step_parameters, save_losses, FunctionalModel
+from .loss_change import FunctionalModel, example_losses, load_losses, one_step_parameters, save_losses
 from .opposition import DEFAULT_EXCLUDE, EXAMPLES, find_targets, opposition
 from .stats import InterferenceStats, interference_stats, noise_baseline
 

@@ -330,10 +330,11 @@ def _is_causal_token_batch(batch: Any) -> bool:
     return isinstance(batch, torch.Tensor) and batch.dim() == 2 and not batch.is_floating_point()
 
 
-#: at most this many forward passes per batch for per-token opposition: positions are split
-#: into groups, each group runs one forward truncated after its last position and then one
-#: vmapped backward per chunk of K positions (retain_graph)
-_TOKEN_GROUPS = 8
+#: per-token opposition splits positions into groups; each group runs ONE forward truncated
+#: after its last position, then one vmapped backward per chunk of K positions (retain_graph).
+#: A group of g positions costs one forward (~1/3 of a fwd+bwd) plus on average g/2 positions
+#: of backward it could have truncated away; per position that is ~1/(3g) + g/(3S) of a full
+#: fwd+bwd, smallest at g = sqrt(S) (S = sequence length): 23 positions at S = 512.
 
 
 def _token_batch(fmodel, loss_fn, batch, targets, acc, chunk_mb, notes, positions=None) -> None:
@@ -355,7 +356,7 @@ def _token_batch(fmodel, loss_fn, batch, targets, acc, chunk_mb, notes, position
     # memory per position of a chunk: its output gradients at every layer, x2 for the
     # vmapped backward's temporaries
     k = _chunk_rows(2 * 4 * n_rows * (n_pos + 1) * dout_total, chunk_mb)
-    group = max(k, -(-(p1 - p0) // _TOKEN_GROUPS))
+    group = max(k, math.ceil(math.sqrt(n_pos)))
     checked = False
     for g0 in range(p0, p1, group):
         g1 = min(p1, g0 + group)
