@@ -39,13 +39,15 @@ def results_table(frame: Any, max_columns: int = 8) -> Any:
     clash = rows.groupby("column")["metric"].transform("nunique") > 1
     rows.loc[clash, "column"] = rows.loc[clash, "metric"] + "." + rows.loc[clash, "column"]
     columns = list(dict.fromkeys(rows.sort_values(["scope", "metric"])["column"]))[:max_columns]
+    from rich.markup import escape
+
     for col in columns:
-        table.add_column(col, justify="right")
+        table.add_column(escape(col), justify="right")
     prefix = os.path.commonprefix([str(m) for m in rows["model_id"].unique()])
     prefix = prefix[: prefix.rfind("/") + 1] if rows["model_id"].nunique() > 1 else ""
     for model_id, group in rows.groupby("model_id", sort=True):
         by_col = {r["column"]: _cell(r["value"], r["stderr"], r["status"]) for _, r in group.iterrows()}
-        table.add_row(str(model_id)[len(prefix):], *[by_col.get(c, "") for c in columns])
+        table.add_row(escape(str(model_id)[len(prefix):]), *[escape(by_col.get(c, "")) for c in columns])
     if prefix:
         table.title += f" — {prefix}…"
     hidden = len(set(rows["column"])) - len(columns)

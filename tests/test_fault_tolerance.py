@@ -301,8 +301,20 @@ def _spec(tmp_path: Path, run: str, metrics: dict, **kw) -> RunSpec:
                    run_dir=tmp_path / run, run_root=tmp_path / run, progress="off", report=False, **kw)
 
 
-def test_enospc_at_first_failed_write_keeps_existing_results(tmp_path, monkeypatch):
+@pytest.fixture
+def test_plugins():
+    """The test plugins, registered in this process only for the duration of one test."""
+    from harness_plugins.models.toy_softmax.family import ToySoftmaxFamily
+
+    original_load = ToySoftmaxFamily.load
     install_test_plugins()
+    yield
+    for cls in (FtNormMetric, FtBoomMetric, FtSuiteMetric):
+        metric_registry()._extra.pop(cls.name, None)
+    ToySoftmaxFamily.load = original_load
+
+
+def test_enospc_at_first_failed_write_keeps_existing_results(tmp_path, monkeypatch, test_plugins):
     first = Runner(_spec(tmp_path, "r", {"loss": {}})).run()
     assert first.error == 0
     run = tmp_path / "r"
