@@ -198,7 +198,7 @@ def test_position_contributions_are_not_per_token_gradients(neox):
 def test_opposite_gradients_cancel_exactly():
     """Two examples whose gradients are exact negatives: D_j = 1 everywhere; equal: D_j = 0."""
     lin = torch.nn.Linear(3, 2, bias=False).double()
-    x = torch.tensor([[1.0, 2.0, -1.0], [1.0, 2.0, -1.0]], dtype=torch.float64)
+    x = torch.tensor([[1.0, 2.0, 0.0], [1.0, 2.0, 0.0]], dtype=torch.float64)  # input 2 is 0: A_j = 0
 
     def loss(batch, model):  # l_i = s_i * sum(W x_i): gradient s_i * 1 x_i^T
         return batch[1] * model(batch[0]).sum(-1)
@@ -207,7 +207,9 @@ def test_opposite_gradients_cancel_exactly():
     cancel = opposition(lin, loss, [(x, torch.tensor([1.0, -1.0], dtype=torch.float64))], targets)
     agree = opposition(lin, loss, [(x, torch.tensor([1.0, 2.0], dtype=torch.float64))], targets)
     assert cancel.D == pytest.approx(1.0) and agree.D == pytest.approx(0.0)
-    assert cancel.hist[-1] == 6 and agree.hist[0] == 6
+    # the 2 coordinates no example moves are left out of the mean and the histogram
+    assert cancel.n_zero == agree.n_zero == 2 and cancel.n_coords == 4
+    assert cancel.hist[-1] == 4 and agree.hist[0] == 4 and sum(cancel.hist) == sum(agree.hist) == 4
 
 
 class _TwiceMLP(torch.nn.Module):

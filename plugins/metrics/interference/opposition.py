@@ -160,15 +160,21 @@ class OppositionAccumulator:
         hist = torch.zeros(bins, dtype=torch.float64)
         total, n_all, zero_all, per_layer = 0.0, 0, 0, {}
         for name in self.S:
-            a = self.A[name].double()
+            a, s = self.A[name], self.S[name]
             nz = a > 0
-            d = (1.0 - self.S[name].double()[nz].abs() / a[nz]).clamp_(0.0, 1.0)
-            n, zero = int(d.numel()), int((~nz).sum())
-            per_layer[name] = (float(d.mean()) if n else math.nan, n, zero)
-            total += float(d.sum())
+            # no boolean indexing (a nonzero + gather per matrix): coordinates with A_j = 0
+            # get D_j = 0 here and are taken back out of the sum and of histogram bin 0
+            d = torch.where(nz, 1.0 - s.abs() / a.clamp_min(torch.finfo(a.dtype).tiny), 0.0).clamp_(0.0, 1.0)
+            n = int(nz.sum())
+            zero = d.numel() - n
+            d_sum = float(d.sum(dtype=torch.float64))
+            per_layer[name] = (d_sum / n if n else math.nan, n, zero)
+            total += d_sum
             n_all += n
             zero_all += zero
-            hist += torch.histc(d, bins=bins, min=0.0, max=1.0)
+            h = torch.histc(d, bins=bins, min=0.0, max=1.0).double().cpu()
+            h[0] -= zero
+            hist += h
         return OppositionResult(
             D=total / n_all if n_all else math.nan,
             n_examples=self.n_examples,
