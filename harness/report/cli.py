@@ -58,7 +58,11 @@ def add_commands(subparsers) -> None:
 def _console():
     from rich.console import Console
 
-    return Console()
+    import os
+    import sys
+
+    # piped output (logs, CI) is not limited to 80 columns: wide tables stay readable
+    return Console(width=None if sys.stdout.isatty() else int(os.environ.get("COLUMNS", 200)))
 
 
 def run_report(args) -> int:
