@@ -510,8 +510,7 @@ def _zsl_bounds(x: np.ndarray, n_breaks: int) -> tuple[np.ndarray, np.ndarray]:
 
 def _fit_zsl(x, y, n_breaks, break_guess, bounds, n_starts, maxfev) -> BNSLFit:
     logx, logy = np.log(x), np.log(y)
-    best: BNSLFit | None = None
-    errors: list[str] = []
+    attempts = []
     for guesses in start_sets(x, n_breaks, break_guess, max(1, n_starts)):
         p0 = zsl_initial(logx, logy, guesses)
         kw: dict[str, Any] = {"method": "dogbox", "max_nfev": maxfev}
@@ -519,12 +518,22 @@ def _fit_zsl(x, y, n_breaks, break_guess, bounds, n_starts, maxfev) -> BNSLFit:
             lo, hi = _zsl_bounds(x, n_breaks)
             p0 = _inside(p0, lo, hi)
             kw["bounds"] = (lo, hi)
+        attempts.append((p0, kw))
+    return _best_start("zsl", n_breaks, x, y, log_bnsl_zsl, logx, logy, attempts)
+
+
+def _best_start(mode: str, n_breaks: int, x: np.ndarray, y: np.ndarray, model: Any, fit_x: np.ndarray,
+                fit_y: np.ndarray, attempts: list[tuple[np.ndarray, dict[str, Any]]]) -> BNSLFit:
+    """Run ``curve_fit`` from every start; keep the lowest-SSE fit, or raise with every reason."""
+    best: BNSLFit | None = None
+    errors: list[str] = []
+    for p0, kw in attempts:
         try:
-            popt, pcov, warns = _run_curve_fit(log_bnsl_zsl, logx, logy, p0, **kw)
+            popt, pcov, warns = _run_curve_fit(model, fit_x, fit_y, p0, **kw)
         except Exception as exc:
             errors.append(f"{type(exc).__name__}: {exc}")
             continue
-        fit = _finish("zsl", n_breaks, x, y, popt, pcov, p0, warns)
+        fit = _finish(mode, n_breaks, x, y, popt, pcov, p0, warns)
         if fit.ok and (best is None or fit.sse < best.sse):
             best = fit
         elif not fit.ok:
@@ -647,24 +656,12 @@ def _fit_caballero(x, y, n_breaks, grid, engine, bounds, n_starts, maxfev) -> BN
         p[4::3] = guesses
         p[5::3] = np.where(p[5::3] > 0, p[5::3], ZSL_F_INIT)
         starts.append(p)
-    best: BNSLFit | None = None
-    errors: list[str] = []
+    attempts = []
     for p0 in starts:
         kw: dict[str, Any] = {"maxfev": maxfev or CABALLERO_MAXFEV}
         if bounds:
             lo, hi = _caballero_bounds(x, n_breaks)
             p0 = _inside(p0, lo, hi)
             kw = {"bounds": (lo, hi), "method": "trf", "max_nfev": maxfev or CABALLERO_MAXFEV}
-        try:
-            popt, pcov, warns = _run_curve_fit(model, x, y1, p0, **kw)
-        except Exception as exc:
-            errors.append(f"{type(exc).__name__}: {exc}")
-            continue
-        fit = _finish("caballero", n_breaks, x, y, popt, pcov, p0, warns)
-        if fit.ok and (best is None or fit.sse < best.sse):
-            best = fit
-        elif not fit.ok:
-            errors.append(fit.message)
-    if best is None:
-        raise FitFailed("; ".join(dict.fromkeys(errors)) or "no start converged")
-    return best
+        attempts.append((p0, kw))
+    return _best_start("caballero", n_breaks, x, y, model, x, y1, attempts)
