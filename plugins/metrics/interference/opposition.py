@@ -64,6 +64,9 @@ EXAMPLES = ("sequence", "token", "position")
 #: Pico embedding_proj/de_embedding_proj) are excluded, as in ZSL's D(grad l)
 DEFAULT_EXCLUDE = ("*embed*", "*wte*", "*wpe*", "*lm_head*", "*ff_out*")
 _MB = 1 << 20
+#: cap on the per-example gradient chunk of the sequence path (MiB), so that the workspace stays in
+#: L3 between the bmm and the two GEMVs (measured 1.21x -> 1.13x on the 25M bench config)
+_CACHE_MB = 8.0
 
 
 # ---- targets ----------------------------------------------------------------------------
@@ -135,22 +138,49 @@ class OppositionResult:
 
 
 class OppositionAccumulator:
-    """Running fp32 sums S_j = sum_i g_ij and A_j = sum_i |g_ij| per weight matrix."""
+    """Running fp32 sums S_j = sum_i g_ij and A_j = sum_i |g_ij| per weight matrix.
+
+    Also owns a reusable fp32 workspace for per-example gradients and a row of ones, so the
+    hot loop allocates (and page-faults, and zero-fills) nothing per chunk.
+    """
 
     def __init__(self, shapes: dict[str, tuple[int, ...]], device: torch.device | str = "cpu"):
         self.S = {n: torch.zeros(s, dtype=torch.float32, device=device) for n, s in shapes.items()}
         self.A = {n: torch.zeros(s, dtype=torch.float32, device=device) for n, s in shapes.items()}
         self.n_examples = 0
+        self.device = torch.device(device)
+        self._work = torch.empty(0, dtype=torch.float32, device=device)
+        self._ones = torch.empty(1, 0, dtype=torch.float32, device=device)
+
+    def workspace(self, numel: int) -> torch.Tensor:
+        """A flat fp32 buffer of ``numel`` elements, reused between calls (contents undefined)."""
+        if self._work.numel() < numel:
+            self._work = torch.empty(numel, dtype=torch.float32, device=self.device)
+        return self._work[:numel]
+
+    def _ones_row(self, n: int) -> torch.Tensor:
+        if self._ones.shape[1] < n:
+            self._ones = torch.ones(1, n, dtype=torch.float32, device=self.device)
+        return self._ones[:, :n]
 
     def add_examples(self, name: str, grads: torch.Tensor) -> None:
-        """Add per-example gradients ``grads`` (E, *shape) of matrix ``name``."""
-        shape = self.S[name].shape
-        flat = grads.float().reshape(-1, shape.numel())
-        # NOTE: on CPU ``ones @ flat`` (a GEMV) is ~50x faster than ``flat.sum(0)``, and the
-        # fused L1 norm avoids materialising |flat|; together they halve the accumulation cost
-        ones = torch.ones(1, flat.shape[0], dtype=flat.dtype, device=flat.device)
-        self.S[name] += (ones @ flat).view(shape)
-        self.A[name] += torch.linalg.vector_norm(flat, 1, dim=0).view(shape)
+        """Add per-example gradients ``grads`` (E, *shape) of matrix ``name`` (left unchanged)."""
+        flat = grads.reshape(-1, self.S[name].numel())
+        if flat.dtype != torch.float32:
+            self.add_examples_(name, flat.float())  # a fresh copy: ours to overwrite
+            return
+        ones = self._ones_row(flat.shape[0])
+        self.S[name].view(1, -1).addmm_(ones, flat)
+        self.A[name].view(1, -1).addmm_(ones, torch.abs(flat, out=self.workspace(flat.numel()).view(flat.shape)))
+
+    def add_examples_(self, name: str, flat: torch.Tensor) -> None:
+        """Like `add_examples` for a contiguous fp32 (E, numel) ``flat`` that may be
+        overwritten (it is, with |flat|): one GEMV into S, an in-place abs, one GEMV into A."""
+        ones = self._ones_row(flat.shape[0])
+        # on CPU ``ones @ flat`` (a GEMV) is much faster than ``flat.sum(0)`` (a strided
+        # reduction) and, with addmm_, adds into the accumulator without a temporary
+        self.S[name].view(1, -1).addmm_(ones, flat)
+        self.A[name].view(1, -1).addmm_(ones, flat.abs_())
 
     def add_sums(self, name: str, s: torch.Tensor, a: torch.Tensor) -> None:
         self.S[name] += s.float()
@@ -257,10 +287,22 @@ def _chunk_rows(per_row_bytes: int, budget_mb: float) -> int:
 
 
 def _accumulate_rows(acc: OppositionAccumulator, t: Target, a: torch.Tensor, g: torch.Tensor, budget_mb: float) -> None:
-    """a (R, P, in), g (R, P, out) -> add the R per-row gradients, a few rows at a time."""
-    step = _chunk_rows(4 * t.module.weight.numel(), budget_mb)
-    for r0 in range(0, a.shape[0], step):
-        acc.add_examples(t.name, _per_example(a[r0 : r0 + step], g[r0 : r0 + step], t.transposed))
+    """a (R, P, in), g (R, P, out) -> add the R per-row gradients, a few rows at a time.
+
+    Each chunk's per-row gradients are written by ``bmm(out=)`` into the accumulator's
+    reusable workspace, which holds at most ``_CACHE_MB`` (so it stays in cache between the
+    matmul and the two reductions) and at most ``budget_mb``."""
+    numel = t.module.weight.numel()
+    shape = t.shape
+    R = a.shape[0]
+    step = min(R, _chunk_rows(4 * numel, min(budget_mb, _CACHE_MB)))
+    work = acc.workspace(step * numel)
+    lhs, rhs = (a.transpose(-1, -2), g) if t.transposed else (g.transpose(-1, -2), a)
+    for r0 in range(0, R, step):
+        r = min(step, R - r0)
+        out = work[: r * numel].view(r, *shape)
+        torch.bmm(lhs[r0 : r0 + r], rhs[r0 : r0 + r], out=out)
+        acc.add_examples_(t.name, out.view(r, numel))
 
 
 # ---- the fast method --------------------------------------------------------------------
@@ -416,7 +458,8 @@ def _token_chunk(loss, outs, ins, targets, acc, n_rows, t0, t1, sliceable, chunk
         # per-token gradients for (k, row): g[k, row]^T a[row], a few positions at a time
         step = _chunk_rows(4 * n_rows * t.module.weight.numel(), chunk_mb)
         for k0 in range(0, kk, step):
-            acc.add_examples(t.name, _per_example(a.unsqueeze(0), g[k0 : k0 + step], t.transposed))
+            pe = _per_example(a.unsqueeze(0), g[k0 : k0 + step], t.transposed)  # fresh: overwritable
+            acc.add_examples_(t.name, pe.reshape(-1, t.module.weight.numel()))
 
 
 # ---- references (tests and benchmark) ---------------------------------------------------
