@@ -16,7 +16,7 @@ from typing import Any
 
 from harness import sweep
 from harness.api import HarnessError
-from harness.registry import metrics, models, unknown_name_message
+from harness.registry import metrics, models, suggest, unknown_name_message
 
 logger = logging.getLogger("harness")
 
@@ -85,6 +85,58 @@ def check_group_choices(argv: list[str]) -> None:
             if name not in available and name != "null":
                 kind = {"checkpoints": "checkpoint preset"}.get(group, group)
                 raise HarnessError(unknown_name_message(kind, name, available))
+    _check_parameter_keys(parsed)
+
+
+def _option_keys(group: str, name: str) -> set[str] | None:
+    """Top-level keys of a shipped option's YAML (None when it is not a shipped file)."""
+    from omegaconf import OmegaConf
+
+    try:
+        text = (resources.files("harness.conf") / group / f"{name}.yaml").read_text()
+    except (FileNotFoundError, NotADirectoryError, ModuleNotFoundError):
+        return None
+    node = OmegaConf.create(text)
+    if group == "metric":
+        node = node.get(name) or {}
+    return {str(k) for k in node.keys()}
+
+
+def _check_parameter_keys(parsed: list[Any]) -> None:
+    """``model.temprature=1`` -> "unknown parameter model.temprature; did you mean temperature?".
+
+    Only plain overrides of the chosen (shipped) model and metric options are checked; ``+key``
+    adds a key on purpose, and an experiment preset may reshape the config, so both are left to Hydra.
+    """
+    choices: dict[str, list[str]] = {"model": [], "metric": []}
+    for ov in parsed:
+        if ov.key_or_group == "experiment":
+            return
+        if ov.key_or_group in choices and not ov.package and not ov.is_delete():
+            choices[ov.key_or_group] = _values(ov)
+    model = (choices["model"] or ["toy_softmax"])[0]
+    for ov in parsed:
+        key = ov.key_or_group
+        if ov.is_add() or ov.is_force_add() or ov.is_delete() or "." not in key:
+            continue
+        parts = key.split(".")
+        if parts[0] == "model" and len(parts) >= 2:
+            group, name, param = "model", model, parts[1]
+        elif parts[0] == "metric" and len(parts) >= 3:
+            group, name, param = "metric", parts[1], parts[2]
+        else:
+            continue
+        keys = _option_keys(group, name)
+        if keys is None or param in keys:
+            continue
+        prefix = f"{group}." if group == "model" else f"metric.{name}."
+        known = sorted(k for k in keys if k != "_target_")
+        close = suggest(param, known)
+        msg = f"Unknown parameter '{prefix}{param}' for {group} '{name}'."
+        if close:
+            msg += f" Did you mean: {', '.join(prefix + c for c in close)}?"
+        msg += f"\nParameters of {group} '{name}': {', '.join(known)}"
+        raise HarnessError(msg + f"\n(to add a new key on purpose, write +{key}=...)")
 
 
 def print_error(message: str) -> None:

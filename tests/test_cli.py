@@ -101,3 +101,11 @@ def test_ls_lists_plugins_without_torch():
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert res.returncode == 0, res.stderr
     assert "time_scaling" in res.stdout and "loss" in res.stdout
+
+
+def test_unknown_parameter_key_did_you_mean(tmp_path):
+    res = run_harness("model.temprature=1", f"results_dir={tmp_path}")
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert "Unknown parameter 'model.temprature'" in res.stderr and "Did you mean: model.temperature" in res.stderr
+    res = run_harness("metric=loss", "metric.loss.splt=val", f"results_dir={tmp_path}")
+    assert res.returncode == 2 and "metric.loss.split" in res.stderr
