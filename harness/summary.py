@@ -43,13 +43,19 @@ def results_table(frame: Any, max_columns: int = 8) -> Any:
 
     for col in columns:
         table.add_column(escape(col), justify="right")
-    prefix = os.path.commonprefix([str(m) for m in rows["model_id"].unique()])
-    prefix = prefix[: prefix.rfind("/") + 1] if rows["model_id"].nunique() > 1 else ""
+    labels = [str(m) for m in rows["model_id"].unique()]
+    prefix = os.path.commonprefix(labels)
+    prefix = prefix[: prefix.rfind("/") + 1] if len(labels) > 1 else ""
+    # a setting shared by every model (",seed=0") goes to the title too, so labels stay short
+    suffix = os.path.commonprefix([lab[len(prefix):][::-1] for lab in labels])[::-1] if len(labels) > 1 else ""
+    suffix = suffix[suffix.find(","):] if "," in suffix else ""
     for model_id, group in rows.groupby("model_id", sort=True):
         by_col = {r["column"]: _cell(r["value"], r["stderr"], r["status"]) for _, r in group.iterrows()}
-        table.add_row(escape(str(model_id)[len(prefix):]), *[escape(by_col.get(c, "")) for c in columns])
-    if prefix:
-        table.title += f" — {prefix}…"
+        label = str(model_id)[len(prefix):]
+        label = label[: len(label) - len(suffix)] if suffix and label.endswith(suffix) else label
+        table.add_row(escape(label), *[escape(by_col.get(c, "")) for c in columns])
+    if prefix or suffix:
+        table.title += escape(f" — {prefix}…{suffix}")
     hidden = len(set(rows["column"])) - len(columns)
     if hidden > 0:
         table.caption = f"{hidden} more columns in the report files"
