@@ -232,6 +232,7 @@ class Runner:
             "hostname": socket.gethostname(),
         }
         self.summary = Summary(run_dir=spec.run_root)
+        self._known_rows: list[dict[str, Any]] | None = None  # see _records
 
     # -- planning ----------------------------------------------------------------------
     def unit_id(self, ref_model: str, step: int | None, metric: str, scope: Scope, pair_step: int | None = None) -> str:
@@ -335,9 +336,26 @@ class Runner:
             err = Measurement.error("*", _describe(exc), extra={"traceback": traceback.format_exc(limit=6)})
             kw.pop("refs_by_size", None)
             rows = self._rows([err], metric=metric, scope=scope, unit_id=unit_id, ref=ref, started=started, **kw)
+        self._emit(writer, rows)
+
+    def _emit(self, writer: store.RecordWriter, rows: list[dict[str, Any]]) -> None:
+        """Append one unit's records, count them, and keep the in-memory view current."""
         writer.write_unit(rows)
         self.summary.add(rows)
         self.summary.units_run += 1
+        if self._known_rows is not None:
+            self._known_rows.extend(rows)
+
+    def _records(self, column: str, value: Any):
+        """Finished records of the run root where ``column == value``, for trajectory/suite scopes.
+
+        The run root is read from disk once, at the first trajectory or suite unit (by then the
+        inputs of a two-stage sweep exist), and kept current with what this job writes after.
+        """
+        if self._known_rows is None:
+            self._known_rows = store.load_rows(self.spec.run_root)
+        rows = [r for r in store.finished(self._known_rows) if r.get(column) == value]
+        return store.to_frame(rows)
 
     def _ctx_common(self, metric: str) -> dict[str, Any]:
         return {
@@ -421,9 +439,7 @@ class Runner:
                 reason = f"family '{self.family.name}' has no weights to load; {metric} needs a checkpoint"
                 rows = self._rows([Measurement.skipped("*", reason)], metric=metric, scope=scope, unit_id=uid,
                                   ref=ref, pair_step=pair_step, started=started)
-                writer.write_unit(rows)
-                self.summary.add(rows)
-                self.summary.units_run += 1
+                self._emit(writer, rows)
             return
         try:
             ckpt = self.family.load(ref)
@@ -436,9 +452,7 @@ class Runner:
                 rows = self._rows([Measurement.error("*", f"checkpoint could not be loaded: {_describe(exc)}")],
                                   metric=metric, scope=scope, unit_id=uid, ref=ref, pair_step=pair_step,
                                   started=started)
-                writer.write_unit(rows)
-                self.summary.add(rows)
-                self.summary.units_run += 1
+                self._emit(writer, rows)
             return
         load_time = time.time() - started
         ckpt.previous = prev
@@ -469,8 +483,7 @@ class Runner:
             if uid in done:
                 self.summary.units_skipped += 1
                 continue
-            records = store.to_frame(store.load_rows(self.spec.run_root))
-            records = records[records["model_id"] == model_id].reset_index(drop=True)
+            records = self._records("model_id", model_id)
             if history is None:
                 history = self.family.history(model_id)
             ctx = TrajectoryContext(**self._ctx_common(metric), model_id=model_id, refs=refs, records=records,
@@ -488,8 +501,7 @@ class Runner:
             if uid in done:
                 self.summary.units_skipped += 1
                 continue
-            records = store.to_frame(store.load_rows(self.spec.run_root))
-            records = records[records["family"] == self.family.name].reset_index(drop=True)
+            records = self._records("family", self.family.name)
             ctx = SuiteContext(**self._ctx_common(metric), family=self.family.name, refs=refs, records=records)
             self._run_unit(writer, metric, Scope.SUITE, ctx, unit_id=uid, ref=None, model_id=suite_id,
                            refs_by_size=refs_by_size)
