@@ -69,13 +69,13 @@ def test_tokens_axis_scales_t_d(tmp_path):
 
 
 def test_history_curve_with_authors_preprocessing(tmp_path):
-    """A dense per-step log with 0.5% noise: smoothing, subsampling and the transient cut
-    apply (auto), the fit lands near the truth, and the stored inputs reproduce it."""
+    """mode=zsl on a dense per-step log with 0.5% noise: smoothing, subsampling and the
+    transient cut apply (auto), the fit lands near the truth, and the stored inputs reproduce it."""
     steps = np.arange(0, 262145)
     rng = np.random.default_rng(0)
     loss = law(np.maximum(steps, 1), *TRUTH) * np.exp(rng.normal(0, 0.005, len(steps)))
     hist = pd.DataFrame({"step": steps, "loss": loss})
-    ms = by_measure(DecelerationMetric().measure(ctx(tmp_path, history=hist)))
+    ms = by_measure(DecelerationMetric(mode="zsl").measure(ctx(tmp_path, history=hist)))
     fit = ms["t_d"].extra["fit"]
     assert fit["source"] == "history" and fit["preprocessing"]["smooth"] and fit["preprocessing"]["subsample"]
     assert len(fit["x"]) == 433
@@ -109,15 +109,17 @@ def test_missing_tokens_column_raises_clearly(tmp_path):
 def test_no_curve_at_all_is_skipped(tmp_path):
     ms = list(DecelerationMetric().measure(ctx(tmp_path)))
     assert {m.measure for m in ms} == {"t_d", "L_d", "r_d", "loss_extrapolated", "rsle"}
-    assert all(m.status == "skipped" and "no 'loss' records" in m.message for m in ms)
+    assert all(m.status == "skipped" and "no ok loss:loss records" in m.message and "no training log" in m.message
+               for m in ms)
 
 
-def test_constant_and_short_curves_are_skipped_not_raised(tmp_path):
+@pytest.mark.parametrize("mode", ["robust", "zsl"])
+def test_constant_and_short_curves_are_skipped_not_raised(tmp_path, mode):
     steps = np.arange(101, 2000, 10)
-    ms = list(DecelerationMetric().measure(ctx(tmp_path, loss_records(steps, np.full(len(steps), 2.5)))))
+    ms = list(DecelerationMetric(mode=mode).measure(ctx(tmp_path, loss_records(steps, np.full(len(steps), 2.5)))))
     assert all(m.status == "skipped" and "constant" in m.message for m in ms)
     short = loss_records([1, 2, 4, 8, 16, 32, 64, 128, 256], np.linspace(5, 3, 9))
-    ms = list(DecelerationMetric().measure(ctx(tmp_path, short)))
+    ms = list(DecelerationMetric(mode=mode, min_step=100).measure(ctx(tmp_path, short)))
     assert all(m.status == "skipped" and "usable points" in m.message for m in ms)
     # the fitted inputs are kept even for a skipped fit
     assert ms[0].extra["fit"]["x"] == [128.0, 256.0]
@@ -133,9 +135,9 @@ def test_several_loss_tasks_need_a_choice(tmp_path):
     steps = np.unique(np.geomspace(1, 262144, 200).astype(int))
     recs = pd.concat([loss_records(steps, law(steps, *TRUTH), task="val"),
                       loss_records(steps, law(steps, *TRUTH) * 2, task="train")], ignore_index=True)
-    with pytest.raises(ValueError, match="loss_task"):
+    with pytest.raises(ParameterError, match="loss:loss:train"):
         list(DecelerationMetric().measure(ctx(tmp_path, recs)))
-    ms = by_measure(DecelerationMetric(loss_task="train").measure(ctx(tmp_path, recs)))
+    ms = by_measure(DecelerationMetric(curve="loss:loss:train").measure(ctx(tmp_path, recs)))
     assert ms["L_d"].value == pytest.approx(2 * 20.0 * 5000.0**-0.2, rel=1e-4)
 
 
@@ -187,7 +189,7 @@ def test_irregular_history_is_not_smoothed(tmp_path):
     """The moving average runs over sample indices, so auto turns it off for irregular logs."""
     steps = np.unique(np.geomspace(1, 262144, 3000).astype(int))
     hist = pd.DataFrame({"step": steps, "loss": law(steps, *TRUTH)})
-    ms = by_measure(DecelerationMetric().measure(ctx(tmp_path, history=hist)))
+    ms = by_measure(DecelerationMetric(mode="zsl").measure(ctx(tmp_path, history=hist)))
     prep = ms["t_d"].extra["fit"]["preprocessing"]
     assert prep == {"smooth": False, "subsample": True, "min_step": 100.0, "uniform_steps": False}
     assert ms["t_d"].value == pytest.approx(5000.0, rel=1e-4)  # unsmoothed: the exact break

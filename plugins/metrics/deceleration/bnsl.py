@@ -1,4 +1,4 @@
-"""Broken neural scaling law (BNSL) fits with any number of breaks, in two modes.
+"""Broken neural scaling law (BNSL) fits with any number of breaks, in three modes.
 
 The law (Caballero et al. 2022, arXiv 2210.14891), with n breaks::
 
@@ -18,7 +18,11 @@ The law (Caballero et al. 2022, arXiv 2210.14891), with n breaks::
   runs on ``scipy.optimize.brute`` (``grid_engine="brute"``, the repo's call) or on a
   tabulated numpy engine (``"vectorized"``, the default: same argmin, ~12x faster).
 
-Both modes accept ``bounds=True`` (f_i in [1e-3, 10], d_i inside the data range, b > 0,
+* ``mode="robust"`` (`robust.fit_robust`, the metric's default): the same law with a loss
+  floor, fitted from break guesses read off the data, multi-start with bounds, on log-binned
+  points, and a break kept only when the data show one (else status ``no_break``).
+
+The zsl and caballero modes accept ``bounds=True`` (f_i in [1e-3, 10], d_i inside the data range, b > 0,
 a >= 0) and ``n_starts > 1`` (extra starts with the breaks spread over the data range; the
 lowest residual wins) as robustness options the authors do not use.
 
@@ -47,7 +51,7 @@ from scipy.optimize import OptimizeWarning, brute, curve_fit
 
 logger = logging.getLogger(__name__)
 
-MODES = ("zsl", "caballero")
+MODES = ("robust", "zsl", "caballero")
 GRID_ENGINES = ("brute", "vectorized")
 
 #: the authors' hard-coded break guess (``d1_est = 6000``) for 262,144-step runs
@@ -71,6 +75,13 @@ CABALLERO_GRID: dict[str, tuple[float, float, float]] = {
 #: the most grid points a caballero search may visit (a guard against a grid that would run
 #: for hours: 6 + 3 per extra break dimensions multiply fast)
 MAX_GRID_POINTS = 5_000_000
+#: the most points a caballero fit runs on; a longer curve is fitted on a log-spaced subsample
+#: of this many points (with a warning): the grid costs (grid points x curve points)
+CABALLERO_MAX_POINTS = 2000
+#: the most bytes one temporary (grid points x curve points) array of the vectorised grid
+#: search may take; the grid is evaluated in chunks of at most this size (about 4 such arrays
+#: are alive at once, so the grid search stays under ~64 MiB plus its break tables)
+GRID_MEMORY = 16 * 2**20
 #: the caballero refinement's budget; the repo passes maxfev=1e8, which in practice means
 #: "until converged", we cap it so a hopeless start cannot run for hours
 CABALLERO_MAXFEV = 100_000
@@ -97,7 +108,7 @@ def _break_terms(logx: np.ndarray, c: float, dlog: float, f: float) -> np.ndarra
 def param_names(mode: str, n_breaks: int) -> list[str]:
     """Fit parameter names in the order used by the optimiser (and the authors)."""
     head = ["b", "c0"] if mode == "zsl" else ["a", "b", "c0"]
-    per = ("c{i}", "d{i}log", "f{i}") if mode == "zsl" else ("c{i}", "d{i}", "f{i}")
+    per = ("c{i}", "d{i}", "f{i}") if mode == "caballero" else ("c{i}", "d{i}log", "f{i}")
     return head + [p.format(i=i) for i in range(1, n_breaks + 1) for p in per]
 
 
@@ -194,8 +205,9 @@ def preprocess_zsl(
 @dataclass
 class BNSLFit:
     """The outcome of one fit. ``status``: ``ok`` | ``insufficient`` (too few usable points)
-    | ``degenerate`` (a constant curve: no slope to fit) | ``failed`` (the optimiser gave up or
-    returned non-finite values). ``x``/``y`` are the points actually fitted."""
+    | ``degenerate`` (a constant curve: no slope to fit) | ``no_break`` (robust mode: the curve
+    shows no deceleration in its range) | ``failed`` (the optimiser gave up or returned
+    non-finite values). ``x``/``y`` are the points actually fitted."""
 
     status: str
     mode: str
@@ -211,6 +223,8 @@ class BNSLFit:
     warnings: list[str] = field(default_factory=list)
     p0: np.ndarray | None = None
     n_dropped: int = 0
+    #: mode-specific details (robust mode: bins, model comparison, the no-break fit)
+    info: dict[str, Any] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -222,10 +236,10 @@ class BNSLFit:
 
     @property
     def a(self) -> float:
-        return 0.0 if self.mode == "zsl" else self.value("a")
+        return self.value("a") if "a" in self.names else 0.0
 
     def break_location(self, i: int = 1) -> float:
-        return math.exp(self.value(f"d{i}log")) if self.mode == "zsl" else self.value(f"d{i}")
+        return math.exp(self.value(f"d{i}log")) if f"d{i}log" in self.names else self.value(f"d{i}")
 
     def law_params(self) -> tuple[float, ...]:
         """``(a, b, c0, c1, d1, f1, ...)`` for `bnsl` (d as a location, not its log)."""
@@ -319,6 +333,7 @@ class BNSLFit:
             "y": [float(v) for v in self.y],
             "warnings": list(self.warnings),
             "n_dropped": self.n_dropped,
+            "info": self.info,
         }
 
 
@@ -331,6 +346,9 @@ def _segment_slopes_init(logx: np.ndarray, logy: np.ndarray, break_logs: Sequenc
     Generalises the authors' 1-break rule (slopes over points ``[0, i]`` and ``[i, end-1]``
     with ``i = argmin |log x - log d1_est|``) to n breaks.
     """
+    if len(np.unique(logx)) < len(logx):  # a duplicated x: slopes between distinct x only (no 0/0)
+        logx, inv = np.unique(logx, return_inverse=True)
+        logy = np.bincount(inv, weights=logy) / np.bincount(inv)
     slopes = np.diff(logy) / np.diff(logx)
     idx = [0] + [int(np.argmin(np.abs(logx - bl))) for bl in break_logs] + [len(slopes)]
     out = []
@@ -410,7 +428,7 @@ def fit_bnsl(
     n_breaks: int = 1,
     break_guess: Sequence[float] | None = None,
     bounds: bool = False,
-    n_starts: int = 1,
+    n_starts: int | None = None,
     grid: Mapping[str, Sequence[float]] | None = None,
     grid_engine: str = "vectorized",
     maxfev: int | None = None,
@@ -420,7 +438,8 @@ def fit_bnsl(
     Non-finite and non-positive points are dropped (counted in ``n_dropped`` and warned).
     ``grid`` (caballero) maps ``a, p_b, c0, c, p_d, f`` (shared by all breaks) or
     ``c1, p_d1, f1, c2, ...`` (per break) to ``[start, stop, step]``; missing keys take
-    `CABALLERO_GRID`. ``maxfev`` (function evaluations per start): None keeps each
+    `CABALLERO_GRID`. ``n_starts``: None = 1 in zsl/caballero, `robust.DEFAULT_STARTS` in
+    robust mode (which is always bounded; ``bounds`` and ``grid`` apply to the other modes). ``maxfev`` (function evaluations per start): None keeps each
     mode's reference budget, scipy's default (100 x parameters) for zsl as the authors'
     ``curve_fit`` call, `CABALLERO_MAXFEV` for the caballero refinement.
     """
@@ -444,10 +463,14 @@ def fit_bnsl(
             warnings=extra_warnings, n_dropped=dropped,
         )
     try:
-        if mode == "zsl":
-            fit = _fit_zsl(x, y, n_breaks, break_guess, bounds, n_starts, maxfev)
+        if mode == "robust":
+            from .robust import fit_robust
+
+            fit = fit_robust(x, y, n_breaks=n_breaks, break_guess=break_guess, n_starts=n_starts, maxfev=maxfev)
+        elif mode == "zsl":
+            fit = _fit_zsl(x, y, n_breaks, break_guess, bounds, n_starts or 1, maxfev)
         else:
-            fit = _fit_caballero(x, y, n_breaks, grid, grid_engine, bounds, n_starts, maxfev)
+            fit = _fit_caballero(x, y, n_breaks, grid, grid_engine, bounds, n_starts or 1, maxfev)
     except Exception as exc:  # the optimiser's failure is a result, not a crash
         logger.debug("BNSL fit failed", exc_info=True)
         msg = str(exc) if isinstance(exc, FitFailed) else f"{type(exc).__name__}: {exc}"
@@ -455,6 +478,8 @@ def fit_bnsl(
                        warnings=extra_warnings, n_dropped=dropped)
     fit.warnings = extra_warnings + fit.warnings
     fit.n_dropped = dropped
+    if not fit.ok:
+        return fit
     outside = [i for i in range(1, n_breaks + 1) if not x.min() <= fit.break_location(i) <= x.max()]
     if outside:
         fit.warnings.append(
@@ -573,7 +598,7 @@ def _msle_log1p(x: np.ndarray, y1: np.ndarray, q: np.ndarray) -> float:
     return v if math.isfinite(v) else math.inf
 
 
-def _grid_vectorized(x: np.ndarray, y1: np.ndarray, ranges: list[slice], chunk: int = 4096) -> np.ndarray:
+def _grid_vectorized(x: np.ndarray, y1: np.ndarray, ranges: list[slice], chunk: int | None = None) -> np.ndarray:
     """The grid search with the objective evaluated for many grid points per numpy call.
 
     NOTE: hand-written because ``scipy.optimize.brute`` calls the objective once per grid
@@ -583,6 +608,8 @@ def _grid_vectorized(x: np.ndarray, y1: np.ndarray, ranges: list[slice], chunk: 
     value of ``a``. Same grid, same objective, and the same argmin as ``brute`` (the first
     minimum in C order); tests check the two agree, bench/bench_deceleration.py times them.
     """
+    if chunk is None:  # bounded memory: chunk x len(x) floats per temporary (see GRID_MEMORY)
+        chunk = max(1, min(4096, GRID_MEMORY // (8 * max(1, len(x)))))
     axes = [np.arange(s.start, s.stop, s.step) for s in ranges]
     shape = tuple(len(v) for v in axes)
     sub_shape, sub_total = shape[1:], int(np.prod(shape[1:]))
@@ -648,6 +675,11 @@ def _fit_caballero(x, y, n_breaks, grid, engine, bounds, n_starts, maxfev) -> BN
         with np.errstate(all="ignore"):
             return np.log(bnsl(xx, *p) + 1)
 
+    notes: list[str] = []
+    if len(x) > CABALLERO_MAX_POINTS:  # bounded time and memory: a log-spaced subsample
+        idx = np.unique(np.geomspace(1, len(x), CABALLERO_MAX_POINTS).astype(np.int64) - 1)
+        notes.append(f"caballero fit on a log-spaced subsample of {len(idx)} of {len(x)} points")
+        x, y = x[idx], y[idx]
     y1 = np.log(y + 1)
     starts = [caballero_grid_best(x, y, n_breaks, grid, engine)]
     # extra starts: the grid's best a, b, c's with the breaks moved across the data range
@@ -664,4 +696,6 @@ def _fit_caballero(x, y, n_breaks, grid, engine, bounds, n_starts, maxfev) -> BN
             p0 = _inside(p0, lo, hi)
             kw = {"bounds": (lo, hi), "method": "trf", "max_nfev": maxfev or CABALLERO_MAXFEV}
         attempts.append((p0, kw))
-    return _best_start("caballero", n_breaks, x, y, model, x, y1, attempts)
+    fit = _best_start("caballero", n_breaks, x, y, model, x, y1, attempts)
+    fit.warnings = notes + fit.warnings
+    return fit

@@ -1,9 +1,11 @@
 """The ``deceleration`` metric: a broken-neural-scaling-law fit of one run's loss curve.
 
-Trajectory scope: once per training run (model_id), after its checkpoints. The curve is
-either the ``loss`` records the harness measured at the run's checkpoints, or the family's
-training-loss log (``ctx.history``), chosen by ``source``. The fit (`bnsl.fit_bnsl`) gives
-the loss-deceleration quantities of Mircea et al. 2025:
+Trajectory scope: once per training run (model_id), after its checkpoints. The curve is a
+recorded series (``curve``, default the ``loss`` records at the run's checkpoints) or the
+family's training-loss log (``ctx.history``), resolved by `harness.curves.resolve_curve` (the
+precedence of ``source=auto`` is documented there, shared with ``time_scaling``). The fit
+(`bnsl.fit_bnsl`; ``mode=robust`` by default, ``mode=zsl`` is the authors' exact procedure)
+gives the loss-deceleration quantities of Mircea et al. 2025:
 
 * ``t_d``: the deceleration point (first break, in steps or tokens),
 * ``L_d``: the loss at deceleration, ``r_d``: the log-log rate after it,
@@ -42,15 +44,22 @@ from harness.api import (
     check_range,
 )
 
+from harness.curves import CurveSelector, resolve_curve
+
 from . import bnsl
 
 logger = logging.getLogger(__name__)
 
 SOURCES = ("auto", "records", "history")
+#: the authors' transient cut (100 steps) as a fraction of their run length (262,144 steps):
+#: robust mode cuts ``TRANSIENT_FRACTION * last step``, which is 100 on the authors' runs
+TRANSIENT_FRACTION = 100 / 262_144
 X_KEYS = ("step", "tokens_seen")
 AUTO_BOOL = ("auto", True, False)
 HEADLINE = ("t_d", "L_d", "r_d", "loss_extrapolated", "rsle")
 MAX_BREAKS = 5
+#: curves up to this many rows are kept in fit.json as lists; longer ones in curve.npz
+RAW_JSON_ROWS = 300_000
 
 
 def _auto_bool(key: str, value: Any) -> str | bool:
@@ -74,7 +83,7 @@ class DecelerationMetric(Metric):
         self,
         source: str = "auto",
         x: str = "step",
-        mode: str = "zsl",
+        mode: str = "robust",
         n_breaks: int = 1,
         break_guess: float | Sequence[float] | None = None,
         smooth: str | bool = "auto",
@@ -82,13 +91,11 @@ class DecelerationMetric(Metric):
         min_step: float | None = None,
         target: float | None = None,
         bounds: bool = False,
-        n_starts: int = 1,
+        n_starts: int | None = None,
         grid: Mapping[str, Sequence[float]] | None = None,
         grid_engine: str = "vectorized",
         maxfev: int | None = None,
-        loss_metric: str = "loss",
-        loss_measure: str = "loss",
-        loss_task: str | None = None,
+        curve: str = "loss:loss",
     ):
         check_choice("source", source, SOURCES)
         check_choice("x", x, X_KEYS)
@@ -109,7 +116,10 @@ class DecelerationMetric(Metric):
             check_range("min_step", min_step, 0)
         if target is not None:
             check_range("target", target, 0, low_inclusive=False)
-        check_range("n_starts", n_starts, 1, 100)
+        if n_starts is not None:
+            check_range("n_starts", n_starts, 1, 100)
+            n_starts = int(n_starts)
+        selector = CurveSelector.parse(curve, "curve")
         check_choice("grid_engine", grid_engine, bnsl.GRID_ENGINES)
         if maxfev is not None:
             check_range("maxfev", maxfev, 1)
@@ -125,66 +135,32 @@ class DecelerationMetric(Metric):
                     raise ParameterError(f"grid.{k}", r, "[start, stop, step] with stop > start and step > 0")
         super().__init__(
             source=source, x=x, mode=mode, n_breaks=n_breaks, break_guess=break_guess, smooth=smooth,
-            subsample=subsample, min_step=min_step, target=target, bounds=bool(bounds), n_starts=int(n_starts),
-            grid=grid, grid_engine=grid_engine, maxfev=maxfev, loss_metric=loss_metric,
-            loss_measure=loss_measure, loss_task=loss_task,
+            subsample=subsample, min_step=min_step, target=target, bounds=bool(bounds), n_starts=n_starts,
+            grid=grid, grid_engine=grid_engine, maxfev=maxfev, curve=str(selector),
         )
+        self.selector = selector
         self.cfg = self.params
 
     # ---- the input curve ------------------------------------------------------------------
-    def curve(self, ctx: TrajectoryContext) -> tuple[pd.DataFrame, str]:
-        """The run's loss curve as a DataFrame (``step``, ``x``, ``loss``) sorted by step,
-        and the source it came from (``history`` or ``records``)."""
-        source = self.cfg["source"]
-        hist = ctx.history
-        if source == "history" or (source == "auto" and hist is not None and len(hist) > 0):
-            if hist is None or len(hist) == 0:
-                raise ValueError(f"source=history but the family has no training log for model {ctx.model_id!r}")
-            return self._from_frame(hist, "loss", "training-loss history"), "history"
-        return self._from_records(ctx), "records"
-
-    def _from_frame(self, df: pd.DataFrame, loss_col: str, what: str) -> pd.DataFrame:
-        for col in ("step", loss_col):
-            if col not in df.columns:
-                raise ValueError(f"the {what} has no {col!r} column (columns: {list(df.columns)})")
-        xcol = self.cfg["x"]
-        if xcol not in df.columns or df[xcol].isna().all():
-            raise ValueError(f"x={xcol} but the {what} has no {xcol!r} values; use x=step")
-        out = pd.DataFrame({
-            "step": pd.to_numeric(df["step"], errors="coerce"),
-            "x": pd.to_numeric(df[xcol], errors="coerce"),
-            "loss": pd.to_numeric(df[loss_col], errors="coerce"),
-        }).dropna(subset=["step"])
-        out = out.sort_values("step", kind="stable").drop_duplicates("step", keep="last")
-        return out.reset_index(drop=True)
-
-    def _from_records(self, ctx: TrajectoryContext) -> pd.DataFrame:
-        recs = ctx.records
-        if recs is None or len(recs) == 0:
-            return pd.DataFrame(columns=["step", "x", "loss"])
-        m = (recs["metric"] == self.cfg["loss_metric"]) & (recs["measure"] == self.cfg["loss_measure"])
-        m &= recs["status"] == "ok"
-        if "model_id" in recs.columns:
-            m &= recs["model_id"] == ctx.model_id
-        if "layer" in recs.columns:
-            m &= recs["layer"].isna()
-        sel = recs[m]
-        if "task" in sel.columns:
-            if self.cfg["loss_task"] is not None:
-                sel = sel[sel["task"] == self.cfg["loss_task"]]
-            else:
-                tasks = sorted({str(t) for t in sel["task"].dropna().unique()})
-                if len(tasks) > 1 or (tasks and sel["task"].isna().any()):
-                    raise ValueError(
-                        f"the {self.cfg['loss_metric']!r} records of {ctx.model_id!r} hold several tasks {tasks}; "
-                        "set metric.deceleration.loss_task to pick one"
-                    )
-        return self._from_frame(sel.rename(columns={"value": "_loss"}), "_loss", f"{self.cfg['loss_metric']} records")
+    def curve(self, ctx: TrajectoryContext) -> tuple[pd.DataFrame, str, Any]:
+        """The run's curve as a DataFrame (``step``, ``x``, ``loss``) sorted by step, the
+        source it came from (``history`` or ``records``) and the `harness.curves.Curve`
+        (drop counts, reason when empty)."""
+        need = len(bnsl.param_names(self.cfg["mode"], self.cfg["n_breaks"])) + 1
+        cur = resolve_curve(ctx, source=self.cfg["source"], selector=self.selector, min_points=need)
+        if self.cfg["source"] == "history" and cur.empty and cur.n_rows == 0:
+            raise ValueError(f"source=history but the family has no training log for model {ctx.model_id!r}")
+        xs = cur.step if self.cfg["x"] == "step" else cur.tokens_seen
+        if len(cur) and self.cfg["x"] != "step" and np.isnan(xs).all():
+            raise ValueError(f"x={self.cfg['x']} but {cur.what} has no {self.cfg['x']!r} values; use x=step")
+        frame = pd.DataFrame({"step": cur.step, "x": xs, "loss": cur.value})
+        return frame, cur.source, cur
 
     def preprocessing(self, curve: pd.DataFrame, source: str) -> dict[str, Any]:
         """Resolve ``auto`` preprocessing: the authors' smoothing and subsampling apply to a
         dense training log in zsl mode, never to the sparse checkpoint records."""
-        zsl = self.cfg["mode"] == "zsl"
+        mode = self.cfg["mode"]
+        zsl = mode == "zsl"
         steps = curve["step"].to_numpy()
         uniform = len(steps) > 2 and np.all(np.diff(steps) == steps[1] - steps[0])
         smooth = self.cfg["smooth"]
@@ -194,8 +170,9 @@ class DecelerationMetric(Metric):
         if subsample == "auto":
             subsample = bool(zsl and source == "history")
         min_step = self.cfg["min_step"]
-        if min_step is None:
-            min_step = 100.0 if zsl else 0.0
+        if min_step is None:  # zsl: the authors' 100 steps; robust: the same fraction of this run
+            last = float(steps.max()) if len(steps) else 0.0
+            min_step = 100.0 if zsl else (TRANSIENT_FRACTION * last if mode == "robust" else 0.0)
         return {"smooth": smooth, "subsample": subsample, "min_step": float(min_step), "uniform_steps": bool(uniform)}
 
     # ---- measuring -----------------------------------------------------------------------------
@@ -218,28 +195,28 @@ class DecelerationMetric(Metric):
     def measure(self, ctx: TrajectoryContext) -> Iterator[Measurement]:
         if not isinstance(ctx, TrajectoryContext):
             raise TypeError(f"deceleration is a trajectory-scope metric, got {type(ctx).__name__}")
-        curve, source = self.curve(ctx)
+        curve, source, cur = self.curve(ctx)
         unit = "tokens" if self.cfg["x"] == "tokens_seen" else "steps"
         if len(curve) == 0:
-            reason = (f"no {self.cfg['loss_metric']!r} records and no training log for {ctx.model_id!r}: "
-                      f"run metric={self.cfg['loss_metric']} with it or use a family with a loss history")
+            reason = cur.reason or f"no loss curve for {ctx.model_id!r}"
             for m in HEADLINE:
-                yield Measurement.skipped(m, reason)
+                yield Measurement.skipped(m, reason, warning=cur.warning())
             return
         prep = self.preprocessing(curve, source)
         fit = self.fit(curve, prep)
         finite = curve[np.isfinite(curve["x"].to_numpy(dtype=float))]
         target = float(self.cfg["target"]) if self.cfg["target"] is not None else float(finite["x"].max())
         summary = {**fit.to_dict(), "source": source, "x_key": self.cfg["x"], "unit": unit, "target": target,
-                   "preprocessing": prep, "n_raw": int(len(curve))}
+                   "preprocessing": prep, "n_raw": int(len(curve)), "curve": cur.summary()}
         self._write_artifact(ctx, summary, curve)
+        data_warning = cur.warning()
         if not fit.ok:
             make = Measurement.error if fit.status == "failed" else Measurement.skipped
-            reason = f"BNSL fit {fit.status}: {fit.message}"
+            reason = fit.message if fit.status == "no_break" else f"BNSL fit {fit.status}: {fit.message}"
             for m in HEADLINE:
-                yield make(m, reason, extra={"fit": summary} if m == "t_d" else {})
+                yield make(m, reason, warning=data_warning, extra={"fit": summary} if m == "t_d" else {})
             return
-        warn = "; ".join(fit.warnings) or None
+        warn = "; ".join(([data_warning] if data_warning else []) + fit.warnings) or None
         se = fit.derived_stderr(target)
         n = len(fit.x)
         small = {"mode": fit.mode, "n_breaks": fit.n_breaks, "source": source, "x_key": self.cfg["x"]}
@@ -258,7 +235,7 @@ class DecelerationMetric(Metric):
     @staticmethod
     def _break_range(fit: bnsl.BNSLFit) -> list[float] | None:
         """``d1_min/max`` as the authors report them: exp(d1log -+ sigma) in zsl mode."""
-        if fit.mode != "zsl":
+        if "d1log" not in fit.names:
             return None
         s = fit.stderr().get("d1log", math.nan)
         if not math.isfinite(s):
@@ -269,8 +246,12 @@ class DecelerationMetric(Metric):
     def _write_artifact(self, ctx: TrajectoryContext, summary: dict[str, Any], curve: pd.DataFrame) -> None:
         try:
             out = ctx.artifact_dir(ctx.model_id) / "fit.json"
-            payload = {**summary, "model_id": ctx.model_id, "config": _jsonable(self.cfg),
-                       "raw": {c: curve[c].astype(float).tolist() for c in ("step", "x", "loss")}}
+            if len(curve) <= RAW_JSON_ROWS:
+                raw: Any = {c: curve[c].astype(float).tolist() for c in ("step", "x", "loss")}
+            else:  # bounded memory: a long log goes to a binary file, not into Python lists
+                np.savez_compressed(out.parent / "curve.npz", **{c: curve[c].to_numpy(float) for c in ("step", "x", "loss")})
+                raw = {"file": "curve.npz", "rows": int(len(curve))}
+            payload = {**summary, "model_id": ctx.model_id, "config": _jsonable(self.cfg), "raw": raw}
             out.write_text(json.dumps(payload, allow_nan=True, default=_jsonable))
         except OSError as exc:  # an artifact is a convenience; the records carry the fit inputs
             logger.warning("could not write the deceleration artifact for %s: %s", ctx.model_id, exc)

@@ -2,7 +2,9 @@
 
 Time is the cumulative learning rate tau = sum of the learning rates of the updates applied
 so far (the paper's "dynamic time"); when no learning rates are known, tau = step and the
-records say so. Input curve: the run's ``loss`` records, or the family's training log.
+records say so. Input curve: a recorded series (``curve``, default the ``loss`` records) or the
+family's training log, resolved by `harness.curves.resolve_curve` (the shared precedence of
+``source=auto``, the dropped-row counts reported in the records' ``warning``).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from harness.api import Measurement, Metric, Scope, TrajectoryContext, check_choice, check_range
+from harness.curves import CurveSelector, clean_series, record_series, resolve_curve
 from harness_plugins.metrics.time_scaling.fit import fit_power_law, local_slopes, log_binned, ols_slope
 
 
@@ -37,8 +40,10 @@ class TimeScalingMetric(Metric):
         max_slope_ratio: float = 1.6,
         max_rsle: float = 0.08,
         max_loss_drop: float = 1e-5,
+        curve: str = "loss:loss",
     ):
         super().__init__()
+        self.selector = CurveSelector.parse(curve, "curve")
         check_choice("source", source, ("auto", "records", "history"))
         check_range("fit_min_fraction", fit_min_fraction, 0, 1)
         check_range("window_decades", window_decades, 0, low_inclusive=False)
@@ -51,26 +56,26 @@ class TimeScalingMetric(Metric):
         self.max_slope_ratio, self.max_rsle, self.max_loss_drop = max_slope_ratio, max_rsle, max_loss_drop
 
     # -- inputs -------------------------------------------------------------------------
-    def _curve(self, ctx: TrajectoryContext) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, str]:
-        """(steps, loss, logit_std or None, source description)."""
-        rec = ctx.records
-        if self.source in ("auto", "records") and not rec.empty:
-            ok = rec[(rec["metric"] == "loss") & (rec["status"] == "ok") & (rec["scope"] == "checkpoint")]
-            loss = ok[ok["measure"] == "loss"].sort_values("step")
-            if len(loss) >= self.min_points or self.source == "records":
-                std = ok[ok["measure"] == "logit_std"].set_index("step")["value"]
-                logit_std = std.reindex(loss["step"]).to_numpy(float) if len(std) else None
-                return loss["step"].to_numpy(float), loss["value"].to_numpy(float), logit_std, "loss records"
-        if self.source in ("auto", "history") and ctx.history is not None and len(ctx.history):
-            h = ctx.history.sort_values("step")
-            steps, loss = log_binned(h["step"].to_numpy(float), h["loss"].to_numpy(float))
-            return steps, loss, None, "training log (log-binned)"
-        return np.array([]), np.array([]), None, "none"
+    def _curve(self, ctx: TrajectoryContext) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, str, Any]:
+        """(steps, loss, logit_std or None, source description, the `harness.curves.Curve`)."""
+        cur = resolve_curve(ctx, source=self.source, selector=self.selector, min_points=self.min_points)
+        if cur.empty:
+            return np.array([]), np.array([]), None, "none", cur
+        if cur.source == "history":
+            steps, loss = log_binned(cur.step, cur.value)
+            return steps, loss, None, "training log (log-binned)", cur
+        what = "loss records" if str(self.selector) == "loss:loss" else f"{self.selector} records"
+        std = record_series(ctx.records, CurveSelector(self.selector.metric, "logit_std"), ctx.model_id)
+        logit_std = None
+        if len(std):
+            std, _ = clean_series(std, "value")
+            logit_std = std.set_index("step")["value"].reindex(cur.step).to_numpy(float)
+        return cur.step, cur.value, logit_std, what, cur
 
     def _tau(self, ctx: TrajectoryContext, steps: np.ndarray) -> tuple[np.ndarray, str]:
         h = ctx.history
-        if h is not None and "learning_rate" in h and h["learning_rate"].notna().all() and len(h):
-            h = h.sort_values("step")
+        if h is not None and "learning_rate" in h and len(h) and h["learning_rate"].notna().all():
+            h, _ = clean_series(h, "learning_rate")  # sorted, one row per step
             cum = np.cumsum(h["learning_rate"].to_numpy(float))
             # tau(step s) = sum of the lrs of updates 1..s  (history row `step` = update number)
             tau = np.interp(steps, h["step"].to_numpy(float), cum, left=0.0)
@@ -88,9 +93,10 @@ class TimeScalingMetric(Metric):
 
     # -- the metric -----------------------------------------------------------------------
     def measure(self, ctx: TrajectoryContext) -> Iterator[Measurement]:
-        steps, loss, logit_std, source = self._curve(ctx)
+        steps, loss, logit_std, source, cur = self._curve(ctx)
+        data_warning = cur.warning()
         if len(steps) == 0:
-            yield Measurement.skipped("alpha", "no loss curve: run the `loss` metric too, or use a family with a training log")
+            yield Measurement.skipped("alpha", cur.reason or "no loss curve", warning=data_warning)
             return
         tau, tau_kind = self._tau(ctx, steps)
         lo = self.fit_min_step if self.fit_min_step is not None else max(1.0, self.fit_min_fraction * steps.max())
@@ -99,13 +105,15 @@ class TimeScalingMetric(Metric):
         extra: dict[str, Any] = {
             "source": source, "time": tau_kind, "fit_steps": [float(lo), float(hi)],
             "inputs": {"step": steps[sel].tolist(), "tau": tau[sel].tolist(), "loss": loss[sel].tolist()},
+            "curve": cur.summary(),
         }
         fit = fit_power_law(tau[sel], loss[sel], self.min_points)
         if fit.status != "ok":
-            yield Measurement.skipped("alpha", fit.reason or "fit failed", n=fit.n, extra=extra)
+            yield Measurement.skipped("alpha", fit.reason or "fit failed", n=fit.n, warning=data_warning, extra=extra)
             return
         extra["rsle"] = fit.rsle
-        yield Measurement("alpha", fit.params["alpha"], stderr=fit.stderr["alpha"], n=fit.n, extra=extra)
+        yield Measurement("alpha", fit.params["alpha"], stderr=fit.stderr["alpha"], n=fit.n, warning=data_warning,
+                          extra=extra)
         yield Measurement("L0", fit.params["L0"], stderr=fit.stderr["L0"], n=fit.n)
         yield Measurement("c", fit.params["c"], stderr=fit.stderr["c"], n=fit.n)
         yield Measurement("fit_rsle", fit.rsle, n=fit.n)

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from harness.api import ConfigError
+from harness.curves import clean_series, describe_drops
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +85,10 @@ def normalise_log(raw: pd.DataFrame, *, step_key: str | None, loss_key: str, lr_
                   tokens_key: str | None, tokens_per_step: float | None, where: str) -> pd.DataFrame:
     """The history schema from a raw table: numeric ``step`` (row order 1..n when
     ``step_key`` is None), ``loss``, optional ``learning_rate``/``tokens_seen``; sorted by
-    step; a step logged twice (a resumed run) keeps its last row; rows without a loss dropped."""
+    step; a step logged twice (a resumed run) keeps its last row; rows without a numeric step
+    or a finite loss dropped. What was dropped is counted (`harness.curves.clean_series`) in
+    ``attrs["dropped"]``, logged, and reported by the trajectory metrics in their records.
+    Zero and negative losses are kept here: the metrics that need a positive loss count them."""
     cols = list(raw.columns)
 
     def need(key: str, what: str) -> pd.Series:
@@ -103,13 +107,17 @@ def normalise_log(raw: pd.DataFrame, *, step_key: str | None, loss_key: str, lr_
     elif tokens_per_step is not None:
         out["tokens_seen"] = out["step"] * tokens_per_step
     n = len(out)
-    out = out.dropna(subset=["step", "loss"])
-    if len(out) < n:
-        logger.info("%s: %d rows without a numeric step or loss ignored", where, n - len(out))
-    out = out.sort_values("step", kind="stable").drop_duplicates("step", keep="last").reset_index(drop=True)
-    out["step"] = out["step"].astype("int64")
+    extra = tuple(c for c in ("learning_rate", "tokens_seen") if c in out.columns)
+    out, dropped = clean_series(out, "loss", positive=False, extra=extra)
+    text = describe_drops(dropped, n)
+    if text:
+        logger.warning("%s: %s", where, text)
     if len(out) == 0:
-        raise ConfigError(f"{where}: no rows with a numeric {step_key or 'row'} and {loss_key!r}")
+        raise ConfigError(f"{where}: no rows with a numeric {step_key or 'row'} and a finite {loss_key!r}"
+                          + (f" ({text})" if text else ""))
+    out["step"] = out["step"].astype("int64")
+    out.attrs["dropped"] = {k: v for k, v in dropped.items() if v}
+    out.attrs["n_rows"] = n
     return out
 
 
