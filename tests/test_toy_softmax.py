@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from harness.api import ParameterError
+from harness.api import FieldUnavailable, ParameterError
 from harness_plugins.models.toy_softmax import ToySoftmaxFamily
 from harness_plugins.models.toy_softmax.train import (
     ToyConfig,
@@ -82,8 +82,12 @@ def test_family_checkpoints_fields_and_history(tmp_path):
     l0 = c0.per_example_loss(c0.eval_batches()[0])
     l1 = c1.per_example_loss(c1.eval_batches()[0])
     assert (l0 >= -1e-6).all() and l1.mean() < l0.mean()
-    # delta field = difference of the two students' weights
+    # delta field = difference of the two students' weights; the first checkpoint offers none
+    assert "delta" not in c1.field_kinds()
+    with pytest.raises(FieldUnavailable, match="first selected checkpoint of its run: no delta"):
+        c1.field("delta")
     c1.previous = first
+    assert "delta" in c1.field_kinds()
     (_, delta), = list(c1.field("delta"))
     assert torch.allclose(delta, c1.model.weight - c0.model.weight)
     (_, grad), = list(c1.field("gradient"))
