@@ -140,27 +140,33 @@ def clean_series(frame: pd.DataFrame, value: str, *, positive: bool = False,
     """``frame[["step", value, *extra]]`` cleaned as the module docstring says, sorted by
     step, with the counts of what was dropped. O(n) memory (a few columns of the input)."""
     cols = ["step", value] + [c for c in extra if c in frame.columns]
-    df = pd.DataFrame({c: pd.to_numeric(frame[c], errors="coerce") for c in cols})
+    arr = {c: _numeric(frame[c]) for c in cols}
     counts = dict.fromkeys(DROP_KEYS, 0)
-    has_step = df["step"].notna().to_numpy() & np.isfinite(df["step"].to_numpy(dtype=float))
+    s, v = arr["step"], arr[value]
+    has_step = np.isfinite(s)
     counts["no_step"] = int((~has_step).sum())
-    df = df[has_step]
-    s = df["step"].to_numpy(dtype=float)
-    counts["restarts"] = int((np.diff(s) < 0).sum()) if len(s) > 1 else 0
-    v = df[value].to_numpy(dtype=float)
-    nan, inf = np.isnan(v), np.isinf(v)
+    s_ok = s[has_step]
+    counts["restarts"] = int((np.diff(s_ok) < 0).sum()) if len(s_ok) > 1 else 0
+    nan, inf = np.isnan(v) & has_step, np.isinf(v) & has_step
     counts["nan"], counts["inf"] = int(nan.sum()), int(inf.sum())
-    keep = ~(nan | inf)
+    keep = has_step & ~np.isnan(v) & ~np.isinf(v)
     if positive:
         nonpos = keep & (v <= 0)
         counts["non_positive"] = int(nonpos.sum())
         keep &= ~nonpos
-    df = df[keep]
-    before = len(df)
-    df = df.drop_duplicates("step", keep="last")  # a re-logged step: the later usable row wins
-    counts["repeated_step"] = before - len(df)
-    df = df.sort_values("step", kind="stable").reset_index(drop=True)
-    return df, counts
+    rows = np.flatnonzero(keep)
+    # one row per step, the last usable one (a re-logged step: the later row wins), sorted by step
+    _, first_from_end = np.unique(s[rows][::-1], return_index=True)
+    last = rows[len(rows) - 1 - first_from_end]
+    counts["repeated_step"] = int(len(rows) - len(last))
+    out = pd.DataFrame({c: arr[c][last] for c in cols})
+    return out, counts
+
+
+def _numeric(col: pd.Series) -> np.ndarray:
+    if pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col):
+        return col.to_numpy(dtype=float, na_value=np.nan)
+    return pd.to_numeric(col, errors="coerce").to_numpy(dtype=float, na_value=np.nan)
 
 
 def record_series(records: pd.DataFrame | None, selector: CurveSelector, model_id: str | None,

@@ -146,12 +146,18 @@ class Summary:
     units_skipped: int = 0
     run_dir: Path | None = None
     errors: list[str] = field(default_factory=list)
+    #: distinct record warnings (e.g. dropped rows of a loss log), one per model x metric
+    warnings: list[str] = field(default_factory=list)
 
     def add(self, rows: Iterable[dict[str, Any]]) -> None:
         for r in rows:
             setattr(self, r["status"], getattr(self, r["status"]) + 1)
             if r["status"] == "error" and len(self.errors) < 20:
                 self.errors.append(f"{r['model_id']} step {r['step']} {r['metric']}: {r['message']}")
+            if r.get("warning") and len(self.warnings) < 20:
+                w = f"{r['model_id']} {r['metric']}: {r['warning']}"
+                if w not in self.warnings:
+                    self.warnings.append(w)
 
     def line(self) -> str:
         resumed = f", {self.units_skipped} units already done" if self.units_skipped else ""

@@ -88,6 +88,8 @@ def finish_run(spec: Any, summary: Any) -> None:
         console.print(results_table(frame))
     for err in summary.errors[:5]:
         console.print(f"[red]error[/red] {err}", highlight=False)
+    for warn in getattr(summary, "warnings", [])[:5]:
+        console.print(f"[yellow]warning[/yellow] {warn}", highlight=False)
     extra = f"; report: {written[0].parent}" if written else ""
     console.print(f"[bold]harness[/bold]: {summary.line()}{extra}", highlight=False)
     logger.info("summary: %s", summary.line())

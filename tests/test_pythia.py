@@ -226,13 +226,37 @@ def test_weights_hash_and_duplicates(copy, caplog):
 
 
 def test_missing_revision(copy):
+    """A revision the builder promised (model_info.json) but that is gone stays listed, so it
+    becomes an error record (before: it vanished from the listing with a log line)."""
     shutil.rmtree(copy / "pythia-mini-xs" / "step2")
     fam = family(copy)
     refs = by_step(fam)
-    assert 2 not in refs and fam.describe()["missing_revisions"] == {"pythia-mini-xs": ["step2"]}
-    ghost = type(refs[4])(**{**refs[4].__dict__, "step": 2, "revision": "step2"})
+    assert 2 in refs and fam.describe()["missing_revisions"] == {"pythia-mini-xs": ["step2"]}
     with pytest.raises(CheckpointFileError, match=r"step2: revision step2 of pythia-mini-xs is missing"):
-        fam.load(ghost)
+        fam.load(refs[2])
+
+
+def test_missing_config_is_an_error_record_in_the_status_table(copy):
+    """Issue 15 case 4. Before: a step directory without config.json disappeared from the
+    checkpoint list (only a log line); now the sweep writes `error` records naming the file,
+    the other checkpoints are measured, and the status table counts the errors."""
+    from harness import store
+    from harness.report.html import status_table
+    from harness.runner import Runner, RunSpec
+
+    (copy / "pythia-mini-xs" / "step4" / "config.json").unlink()
+    spec = RunSpec(model_name="pythia", model={"source": "local", "root": str(copy), "size": None},
+                   metrics={"loss": {}}, data={}, checkpoints={}, run_dir=copy.parent / "run",
+                   run_root=copy.parent / "run", progress="off", report=False)
+    summary = Runner(spec).run()
+    frame = store.load_results(spec.run_root)
+    err = frame[frame["status"] == "error"]
+    assert summary.error == len(err) > 0 and set(err["step"]) == {4}
+    assert err["message"].str.contains(r"step4.*no config\.json", regex=True).all()
+    assert set(frame[frame["status"] == "ok"]["step"]) >= {2, 8}
+    table = status_table(frame).data
+    row = table[table["metric"] == "loss"].iloc[0]
+    assert row["error"] == len(err) and "config.json" in row["first message"]
 
 
 def test_truncated_weights(copy):

@@ -249,7 +249,7 @@ class DecelerationMetric(Metric):
             if len(curve) <= RAW_JSON_ROWS:
                 raw: Any = {c: curve[c].astype(float).tolist() for c in ("step", "x", "loss")}
             else:  # bounded memory: a long log goes to a binary file, not into Python lists
-                np.savez_compressed(out.parent / "curve.npz", **{c: curve[c].to_numpy(float) for c in ("step", "x", "loss")})
+                np.savez(out.parent / "curve.npz", **{c: curve[c].to_numpy(float) for c in ("step", "x", "loss")})
                 raw = {"file": "curve.npz", "rows": int(len(curve))}
             payload = {**summary, "model_id": ctx.model_id, "config": _jsonable(self.cfg), "raw": raw}
             out.write_text(json.dumps(payload, allow_nan=True, default=_jsonable))

@@ -174,13 +174,21 @@ class PythiaFamily(ModelFamily):
             info = self._model_info(model_id, steps)
             if self.sizes and info["size"] not in self.sizes:
                 continue
+            # a step directory without config.json, or a revision the builder promised
+            # (model_info.json) that is absent, is listed anyway: loading it fails with the
+            # missing file named, so it becomes an `error` record and shows in the status table
+            broken = set(src.broken_steps(model_id)) if hasattr(src, "broken_steps") else set()
             expected = info.get("steps")
-            if expected:
-                missing = sorted(set(self._keep(expected)) - set(steps))
-                if missing:
-                    self.missing[model_id] = missing
-                    logger.warning("%s: %d promised revisions are missing: %s", model_id, len(missing),
-                                   ", ".join(f"step{s}" for s in missing[:10]))
+            missing = sorted(set(self._keep(expected or [])) - set(steps)) if expected else []
+            if missing:
+                self.missing[model_id] = missing
+                logger.warning("%s: %d promised revisions are missing or incomplete (error records): %s", model_id,
+                               len(missing), ", ".join(f"step{s}" for s in missing[:10]))
+            broken |= set(missing)
+            if broken - set(missing):
+                logger.warning("%s: step directories without config.json (error records): %s", model_id,
+                               ", ".join(f"step{s}" for s in sorted(broken - set(missing))[:10]))
+            steps = sorted(set(steps) | broken)
             for step in self._keep(steps):
                 tps = info.get("tokens_per_step")
                 refs.append(self._ref(model_id, info["size"], step, step * tps if tps else None,

@@ -74,6 +74,18 @@ class LocalSource:
             found.setdefault(model_id, []).append(int(m[1]))
         return {k: sorted(v) for k, v in found.items()}
 
+    def broken_steps(self, model_id: str) -> list[int]:
+        """Steps of ``model_id`` whose ``step<N>`` directory exists but holds no config.json:
+        listed by the family so that loading them gives an ``error`` record naming the file,
+        instead of the checkpoint vanishing from the sweep."""
+        d = self.root / model_id
+        out = []
+        for p in d.glob("step*") if d.is_dir() else []:
+            m = re.fullmatch(r"step(\d+)", p.name)
+            if m and p.is_dir() and not (p / CONFIG).is_file():
+                out.append(int(m[1]))
+        return sorted(out)
+
     def weights_sha(self, files: list[Path]) -> str | None:
         return None  # computed from content by the caller
 
