@@ -86,6 +86,9 @@ def finish_run(spec: Any, summary: Any) -> None:
                 logger.warning("report failed: %s", exc)
     if frame is not None and spec.job is None:
         console.print(results_table(frame))
+        from harness.report.claims import print_claims
+
+        print_claims(console, frame, getattr(spec, "config", None))  # a preset's claims, after the ranking
     for err in summary.errors[:5]:
         console.print(f"[red]error[/red] {err}", highlight=False)
     extra = f"; report: {written[0].parent}" if written else ""

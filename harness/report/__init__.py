@@ -46,7 +46,8 @@ def compare(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
 
 def write_report(frame: pd.DataFrame, out_dir: Path, *, formats: tuple[str, ...] = ("md", "csv", "parquet", "html"),
                  title: str = "harness report", measures=None, performance=None,
-                 n_boot: int = 1000, n_perm: int = 1000, plots: bool = True) -> tuple[list[Path], list[Any]]:
+                 n_boot: int = 1000, n_perm: int = 1000, plots: bool = True,
+                 claims=None) -> tuple[list[Path], list[Any]]:
     """Write every table (and the HTML page) under ``out_dir``; returns (files, tables).
 
     Robust by design: a section that fails is logged and named in the HTML, never raised, so
@@ -84,6 +85,10 @@ def write_report(frame: pd.DataFrame, out_dir: Path, *, formats: tuple[str, ...]
              failed("relation")),
         safe("status", lambda: H.status_table(frame), failed("status")),
     ]
+    if claims:  # a preset's claims, decided by the records (harness/report/claims.py)
+        from harness.report.claims import claims_table
+
+        tables.insert(1, safe("claims", lambda: claims_table(frame, claims), failed("claims")))
     for t in tables:
         files += safe(f"writing {t.name}", lambda t=t: write_table(t, out_dir, formats), [])
     if "html" in formats:
@@ -108,7 +113,10 @@ def write_run_report(run_dir: Path, frame: pd.DataFrame) -> list[Path]:
     """What the runner calls at the end of a run: ``<run_dir>/report/`` (never raises)."""
     try:
         run_dir = Path(run_dir)
-        files, _ = write_report(frame, run_dir / "report", title=f"harness run {run_dir.name}")
+        from harness.report.claims import claims_of_run
+
+        files, _ = write_report(frame, run_dir / "report", title=f"harness run {run_dir.name}",
+                                claims=claims_of_run(run_dir))
         return files
     except Exception as exc:  # noqa: BLE001 (the run's records are safe; the report is extra)
         logger.warning("run report failed: %s", exc)
