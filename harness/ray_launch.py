@@ -143,7 +143,21 @@ def _job_dir(sweep_config: Any, sweep_dir: Path, idx: int) -> Path:
 
 
 def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list[Any]:
-    """Submit every job as a Ray task, wait for all, turn dead workers into failed-job statuses."""
+    """Submit every job as a Ray task, wait for all, turn dead workers into failed-job statuses.
+
+    A cluster that cannot be reached or that does not share the run root is a user error: one
+    line on stderr and exit code 2, before any job starts.
+    """
+    try:
+        return _launch(launcher, job_overrides, initial_job_idx)
+    except HarnessError as exc:
+        from harness.app import EXIT_USER_ERROR, print_error
+
+        print_error(str(exc))
+        raise SystemExit(EXIT_USER_ERROR) from None
+
+
+def _launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list[Any]:
     import ray
     from hydra.core.singleton import Singleton
     from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, setup_globals

@@ -91,6 +91,23 @@ def check_launcher(argv: list[str]) -> None:
         )
 
 
+def add_checkout_plugins() -> None:
+    """Let Hydra find this checkout's ``hydra_plugins/`` from any working directory.
+
+    Hydra discovers plugins by walking the ``hydra_plugins`` namespace with pkgutil, which cannot
+    see into an editable install's import hook: run from outside the checkout, the harness's own
+    Hydra plugins (search path, Ray launcher) were missing. A regular install puts them in
+    site-packages, where this is a no-op.
+    """
+    try:
+        import hydra_plugins
+    except ImportError:  # pragma: no cover (hydra-core always ships the namespace's plugins)
+        return
+    mine = str(Path(__file__).resolve().parent.parent / "hydra_plugins")
+    if os.path.isdir(mine) and mine not in list(hydra_plugins.__path__):
+        hydra_plugins.__path__.append(mine)
+
+
 def gpus_for(device: Any) -> int:
     """GPUs a job asks its launcher for: 1 for ``device=cuda`` / ``cuda:N``, else 0 (the ``ray`` preset)."""
     return 1 if str(device).startswith("cuda") else 0
