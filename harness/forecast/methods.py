@@ -98,9 +98,10 @@ class Last(Method):
 # shape parameters theta. Fitting is variable projection: (c, a) in closed form (weighted least
 # squares) for every theta of a log-spaced grid at once (numpy), then `scipy.optimize.least_squares`
 # refines theta from the best grid point. NOTE: written this way, not as `curve_fit` on all
-# parameters from a few starting points, because that took ~120 ms per fit here (bounded TRF,
-# many failed starts) and ~40 s for one cutoff of the Pythia backtest; the grid + refine costs
-# ~2 ms per fit and finds the global grid optimum instead of a local one.
+# parameters from a few starting points (the first version: bounded TRF, many failed starts,
+# ~40 s for one cutoff of the Pythia backtest), because the grid + refine is ~6x faster per fit
+# at the same chi2 and finds the global grid optimum instead of a local one
+# (bench/bench_forecast.py prints the ratio).
 
 
 @dataclass(frozen=True)
@@ -322,8 +323,9 @@ def robust_lstsq(A: np.ndarray, y: np.ndarray, f_scale: float, robust: bool = Tr
     ``min sum rho((r / f_scale)^2)``, ``rho(z) = 2 (sqrt(1 + z) - 1)``, the loss
     `scipy.optimize.least_squares(loss="soft_l1")` minimises, so one odd run does not swing the
     fit. NOTE: solved by iteratively reweighted least squares (weights ``1/sqrt(1 + z)``) in
-    numpy: the same minimum as least_squares (a test compares them) at ~0.2 ms instead of ~8 ms
-    per fit, which the nested leave-one-out calibration calls O(runs^2) times per series."""
+    numpy: the same minimum as least_squares (a test compares them) ~3x faster per fit
+    (bench/bench_forecast.py), which the nested leave-one-out calibration calls O(runs^2) times
+    per series."""
     b = np.linalg.lstsq(A, y, rcond=None)[0]
     if not robust or len(y) <= A.shape[1]:
         return b
