@@ -304,3 +304,14 @@ def test_cli_forecast_and_backtest(tmp_path, capsys):
     summary = pd.read_csv(root / "forecast" / "backtest.csv")
     assert set(summary["cutoff"]) == {0.1, 0.5}
     assert main(["forecast", str(root), "--method", "nope", *sel]) == 2
+
+
+def test_unbounded_intervals_are_not_counted_as_coverage():
+    """3 runs leave 2 calibration runs per target: a 90% interval cannot be bounded; the
+    backtest says so instead of reporting coverage 1.0."""
+    perf, _ = synthetic_series(n_runs=3, n_series=1, sigma=SIGMA, seed=8)
+    bt = backtest(perf, cutoffs=(0.1, 0.5), methods=["last"], pool="series")
+    row = bt.summary[(bt.summary.series == "all") & (bt.summary.cutoff == 0.1)].iloc[0]
+    assert math.isnan(row["coverage"]) and row["n_unbounded"] == 3
+    assert "unbounded" in bt.verdict
+    assert bt.forecasts["reason"].str.contains("too few for level").all()
