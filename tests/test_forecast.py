@@ -359,3 +359,21 @@ def test_observables_add_when_a_planted_observable_carries_the_signal():
                    features=observable_series(noise, targets=perf["series"].unique()))
     o0 = bt0.summary[bt0.summary.series == "all"].set_index("method")["mae"]
     assert o0["observables"] > 0.8 * o0["suite"]
+
+
+def test_suite_leverage_guard_avoids_wild_extrapolation():
+    """All but one training run sit on one plateau value at the cutoff (wsc's majority class):
+    the full design extrapolates the gain from that one run to a target far off the plateau
+    (an accuracy above 1 without the guard); with it, a nested design is used."""
+    rng = np.random.default_rng(0)
+
+    def case(i, yc, yT):
+        return Case(run=f"r{i}", series="s", cutoff=1e4, target=1e5, steps=np.array([1e4]), values=np.array([yc]),
+                    stderr=np.array([0.047]), log_n=math.log(1e8 * 2**i), realised=yT, realised_stderr=0.047)
+
+    train = [case(i, 0.365, 0.365 + rng.normal(0, 0.01)) for i in range(6)] + [case(6, 0.40, 0.60)]
+    target = case(7, 0.54, 0.365)
+    wild, _ = Suite(select=False).predict(target, train)
+    guarded, inputs = Suite().predict(target, train)
+    assert wild > 1.0
+    assert 0.2 < guarded < 0.8 and inputs["features"] != ["1", "log_n_params", "value_at_cutoff"]
