@@ -12,6 +12,9 @@ Why it is fast: `HFLM` wraps the model object the runner already loaded (no seco
 download), and the `TaskManager` indexes only our offline task directory unless a requested
 task is not in it; the ~6 s index of lm-eval's built-in tasks then happens at most once per
 process (both managers are cached).
+Over a trajectory, tasks, documents, prompts, requests and tokenisations are built once per run
+(per tokenizer) and each further checkpoint only runs the forward passes and lm-eval's scoring,
+with scores identical to ``simple_evaluate`` (`harness_plugins.metrics.lm_eval.prepared`).
 """
 
 from __future__ import annotations

@@ -153,9 +153,11 @@ class PreparedTasks:
 
     def evaluate(self, lm: Any, *, bootstrap_iters: int, log_samples: bool = False) -> dict[str, Any]:
         """lm-eval's ``evaluator.evaluate`` on the prepared requests: only forward passes and scoring."""
+        import torch
         from lm_eval import evaluator
 
-        with self._lock:
+        # inference_mode: no autograd bookkeeping at all (HFLM itself uses no_grad); same numbers
+        with self._lock, torch.inference_mode():
             tasks = self.loaded["tasks"].values()
             for task_obj in tasks:
                 for inst in task_obj.instances:
