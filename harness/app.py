@@ -216,6 +216,7 @@ def main() -> None:
         sys.exit(EXIT_USER_ERROR)
     if sweep.is_multirun(argv):
         sys.argv.append(sweep.CALLBACK_OVERRIDE)
+    sweep.add_checkout_plugins()
     _hydra_entry()
     if sweep.EXIT_CODE:
         sys.exit(sweep.EXIT_CODE)
