@@ -146,13 +146,10 @@ class Summary:
     units_skipped: int = 0
     run_dir: Path | None = None
     errors: list[str] = field(default_factory=list)
-<<<<<<< HEAD
     #: distinct record warnings (e.g. dropped rows of a loss log), one per model x metric
     warnings: list[str] = field(default_factory=list)
-=======
     #: one line per joined score source (matched/unmatched counts), shown after the summary
     notes: list[str] = field(default_factory=list)
->>>>>>> main
 
     def add(self, rows: Iterable[dict[str, Any]]) -> None:
         for r in rows:
