@@ -178,6 +178,7 @@ class LmEvalMetric(Metric):
     name = "lm_eval"
     version = "1"
     scopes = (Scope.CHECKPOINT,)
+    performance = {"*": "score"}  # every task score is a downstream performance measure
 
     def __init__(
         self,
