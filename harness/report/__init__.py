@@ -54,7 +54,7 @@ def compare(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
 def write_report(frame: pd.DataFrame, out_dir: Path, *, formats: tuple[str, ...] = ("md", "csv", "parquet", "html"),
                  title: str = "harness report", measures=None, performance=None,
                  n_boot: int = 1000, n_perm: int = 1000, plots: bool = True, rank_by: str | None = None,
-                 at: str = "final") -> tuple[list[Path], list[Any]]:
+                 at: str = "final", claims=None) -> tuple[list[Path], list[Any]]:
     """Write every table (and the HTML page) under ``out_dir``; returns (files, tables).
 
     Order: the ranking leaderboard(s) first, then the relation tables, the per-checkpoint
@@ -99,6 +99,10 @@ def write_report(frame: pd.DataFrame, out_dir: Path, *, formats: tuple[str, ...]
         safe("trajectories", lambda: _tr(frame, measures), failed("trajectories")),
         safe("status", lambda: H.status_table(frame), failed("status")),
     ]
+    if claims:  # a preset's claims, decided by the records (harness/report/claims.py), after the ranking
+        from harness.report.claims import claims_table
+
+        tables.insert(len(boards), safe("claims", lambda: claims_table(frame, claims), failed("claims")))
     rel_table = next(t for t in tables if t.name == "relation")
     for t in tables:
         files += safe(f"writing {t.name}", lambda t=t: write_table(t, out_dir, formats), [])
@@ -124,7 +128,10 @@ def write_run_report(run_dir: Path, frame: pd.DataFrame) -> list[Path]:
     """What the runner calls at the end of a run: ``<run_dir>/report/`` (never raises)."""
     try:
         run_dir = Path(run_dir)
-        files, _ = write_report(frame, run_dir / "report", title=f"harness run {run_dir.name}")
+        from harness.report.claims import claims_of_run
+
+        files, _ = write_report(frame, run_dir / "report", title=f"harness run {run_dir.name}",
+                                claims=claims_of_run(run_dir))
         return files
     except Exception as exc:  # noqa: BLE001 (the run's records are safe; the report is extra)
         logger.warning("run report failed: %s", exc)
