@@ -184,7 +184,7 @@ def _model_baseline(pts: pd.DataFrame) -> tuple[str, np.ndarray | None]:
         cols.append(np.log(tok))
         names.append("log(tokens)")
     if not cols:
-        return "none", None
+        return "no baseline (runs share one size and token count)", None
     return " + ".join(names), np.column_stack(cols)
 
 
@@ -346,27 +346,41 @@ def _finish(name: str, rows: list[dict], level: str, min_points: int, verdicts, 
 
 
 def verdict(data: pd.DataFrame, level: str, family: str, n_points: int, baseline: str,
-            min_points: int) -> str:
-    """One line of plain words for one family's part of a relation table."""
+            min_points: int, q_col: str = "q_bh") -> str:
+    """One line of plain words for one family's part of a relation table: the best row that
+    beats its baseline (q <= ALPHA, positive out-of-sample gain, and at model level a sign that
+    survives leaving any one run out), else that none does; never a verdict from too few points."""
     unit = {"model": "runs", "step": "aligned steps", "checkpoint": "checkpoints"}[level]
     where = f"{family}: " if family else ""
     if n_points < min_points:
         return (f"{where}no verdict at {level} level: needs >= {min_points} {unit}, has {n_points} "
                 f"({min_points - n_points} missing)")
     d = data[(data["family"] == family) & ~data["is_baseline"].astype(bool)]
-    tested = int(d["q_bh"].notna().sum())
-    win = d[(d["q_bh"] <= ALPHA) & (d["gain"] > 0)]
+    tested = int(d[q_col].notna().sum())
+    win = d[(d[q_col] <= ALPHA) & (d["gain"] > 0)]
     if level == "model":
         win = win[(win["sign_agree"] == win["sign_n"])]
     perfs = sorted(set(d["performance"]))
     if win.empty:
         what = perfs[0] if len(perfs) == 1 else f"any of {len(perfs)} performance measures"
         return f"{where}no observable beats {baseline} for {what} ({tested} tested)"
-    best = win.sort_values(["q_bh", "partial_r"], key=lambda c: c if c.name == "q_bh" else -c.abs()).iloc[0]
+    best = win.sort_values([q_col, "partial_r"], key=lambda c: c if c.name == q_col else -c.abs()).iloc[0]
     more = len(win) - 1
     return (f"{where}{best['observable']} relates to {best['performance']} beyond {baseline}: partial r = "
-            f"{best['partial_r']:+.2f} [{best['partial_lo']:+.2f}, {best['partial_hi']:+.2f}], q = {_p(best['q_bh'])}, "
+            f"{_ci(best['partial_r'], best['partial_lo'], best['partial_hi'])}, q = {_p(best[q_col])}, "
             f"out-of-sample gain {best['gain']:+.2f}" + (f" (and {more} more rows)" if more else ""))
+
+
+def verdict_table(tables: Sequence[Table]) -> Table:
+    """The verdict lines of the relation tables (their footers' ``verdict:`` lines), one row each."""
+    rows = []
+    for t in tables:
+        level = t.name.replace("relation_", "")
+        for line in t.footer:
+            if line.startswith("verdict: "):
+                rows.append({"level": level, "verdict": line[len("verdict: "):]})
+    data = pd.DataFrame(rows, columns=["level", "verdict"])
+    return Table("verdicts", data, data.copy(), note=None if rows else "no relation table")
 
 
 def _rp(r, p) -> str:

@@ -229,8 +229,9 @@ def _n_resamples(n: int, n_perm: int) -> float:
 
 def permutation_pvalue(x, y, *, statistic: str = "spearman", n_perm: int = 9999, seed: int = 0) -> float:
     """Two-sided permutation p-value of Spearman's rho (or Pearson's r) by
-    `scipy.stats.permutation_test` (``pairings``): exact enumeration for n! <= 362880 (n <= 9),
-    else ``n_perm`` random pairings. The p-value of few runs must not be an asymptotic one."""
+    `scipy.stats.permutation_test` (``pairings``; two-sided = twice the smaller tail): exact
+    enumeration for n! <= 362880 (n <= 9), else ``n_perm`` random pairings. The p-value of few
+    runs must not be an asymptotic one."""
     x, y = np.asarray(x, float), np.asarray(y, float)
     if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
         return float("nan")
