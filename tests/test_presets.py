@@ -25,8 +25,9 @@ PRESETS = ROOT / "conf" / "experiment"
 
 #: preset -> (reduced-size overrides, the training-dynamics metric whose observable must reach a relation table)
 SMOKE = {
+    # a third temperature: the model-level relation (where trajectory metrics enter) needs >= 3 runs
     "one_third": (("model.d=16", "model.vocab=32", "model.steps=300", "model.batch_size=256",
-                   "model.n_checkpoints=12"), "time_scaling"),
+                   "model.n_checkpoints=12", "model.temperature=[1e-3,1e-2,1e-1]"), "time_scaling"),
     "gd_subspace": (("model.d=16", "model.steps=200", "model.batch_size=128", "model.n_checkpoints=5",
                      "model.seeds=[0]", "model.eval_batches=1"), "subspace"),
 }
