@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from harness import learning_dynamics as ld
-from harness.api import CheckpointRef
+from harness.api import CheckpointRef, FieldUnavailable
 from harness.capture import layout as L
 from harness.lm import CausalLMCheckpoint, select_names
 
@@ -72,7 +72,7 @@ class LocalRunCheckpoint(CausalLMCheckpoint):
         from safetensors import safe_open
 
         if self.previous is None:
-            raise NotImplementedError(f"{self.ref.model_id} step {self.ref.step}: first selected checkpoint, no delta")
+            raise FieldUnavailable(f"{self.ref.model_id} step {self.ref.step}: first selected checkpoint, no delta")
         cur_path = self.step_dir / "model.safetensors"
         prev_path = self._previous_dir(self.previous) / "model.safetensors"
 
@@ -106,7 +106,7 @@ class LocalRunCheckpoint(CausalLMCheckpoint):
 
         path = self.step_dir / L.VAL_LOSSES
         if not path.is_file():
-            raise NotImplementedError(f"no stored validation losses at {self.step_dir}")
+            raise FieldUnavailable(f"no stored validation losses at {self.step_dir}")
         return load_file(str(path))["loss"]
 
     def close(self) -> None:

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from harness import learning_dynamics as ld
-from harness.api import CheckpointRef
+from harness.api import CheckpointRef, FieldUnavailable
 from harness.lm import CausalLMCheckpoint, select_names
 
 logger = logging.getLogger(__name__)
@@ -63,7 +63,12 @@ class PicoCheckpoint(CausalLMCheckpoint):
         return self._performance()
 
     def field_kinds(self) -> tuple[str, ...]:
-        return ("weights", "delta", "gradient", *LD_KINDS)
+        """weights; delta when there is a previous selected checkpoint; the stored dynamics of this step."""
+        kinds = ["weights", "delta"] if self.previous is not None else ["weights"]
+        if self.dynamics.has("train", "gradients"):
+            kinds.append("gradient")
+        kinds += [k for k in LD_KINDS if self.dynamics.has(*k.split("_", 1))]
+        return tuple(kinds)
 
     def field(self, kind: str, modules: Sequence[str] | None = None) -> Iterator[tuple[str, torch.Tensor]]:
         if kind == "gradient":
@@ -81,7 +86,8 @@ class PicoCheckpoint(CausalLMCheckpoint):
         from safetensors import safe_open
 
         if self.previous is None:
-            raise ValueError(f"{self.ref.model_id} step {self.ref.step}: no previous selected checkpoint for 'delta'")
+            raise FieldUnavailable(f"{self.ref.model_id} step {self.ref.step}: no previous selected checkpoint "
+                                   "for 'delta'")
         path = self._previous_weights(self.previous)
         params = dict(self.model.named_parameters())
         names = select_names(list(params), modules)

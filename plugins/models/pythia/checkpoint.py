@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from harness.api import CheckpointRef
+from harness.api import CheckpointRef, FieldUnavailable
 from harness.lm import CausalLMCheckpoint, per_token_loss
 
 from . import modules as M
@@ -106,7 +106,7 @@ class PythiaCheckpoint(CausalLMCheckpoint):
 
     def _delta(self, modules) -> Iterator[tuple[str, torch.Tensor]]:
         if self.previous is None:
-            raise NotImplementedError(
+            raise FieldUnavailable(
                 f"{self.ref.model_id}@{self.ref.label} is the first selected checkpoint of its run: no delta")
         prev = self._previous_weights(self.previous)
         shapes = {n: e.shape for n, e in self.weights.entries.items()}
@@ -127,7 +127,7 @@ class PythiaCheckpoint(CausalLMCheckpoint):
                 yield pick.name, pick.apply(grads.read(pick.source, torch.float32))
             return
         if self.probe is None:
-            raise NotImplementedError(f"{self.ref.model_id}@{self.ref.label}: no probe batch for gradients")
+            raise FieldUnavailable(f"{self.ref.model_id}@{self.ref.label}: no probe batch for gradients")
         grads, loss = self.compute_probe_gradients()
         self._meta["gradient"] = {"source": "computed", "probe_loss": loss, **self.probe.get("meta", {})}
         shapes = {n: tuple(g.shape) for n, g in grads.items()}
@@ -137,7 +137,7 @@ class PythiaCheckpoint(CausalLMCheckpoint):
     def compute_probe_gradients(self) -> tuple[dict[str, torch.Tensor], float]:
         """Gradient of the mean next-token loss on the probe batch, keyed by stored tensor name."""
         if self.probe is None:
-            raise NotImplementedError("no probe batch")
+            raise FieldUnavailable("no probe batch")
         return probe_gradients(self.model, self.probe["input_ids"].to(self.device))
 
 
