@@ -191,7 +191,7 @@ def test_field_unavailable_is_a_skipped_record_with_its_reason(tmp_path):
     frame = store.load_results(tmp_path / "r")
     first = frame[frame["step"] == frame["step"].min()]
     assert summary.error == 0 and list(first["status"]) == ["skipped"]
-    assert "no previous selected checkpoint for 'delta'" in first["message"].iloc[0]
+    assert "is the first selected checkpoint of its run: no delta" in first["message"].iloc[0]
     rest = frame[frame["step"] > frame["step"].min()]
     assert len(rest) and (rest["status"] == "ok").all()
 
