@@ -158,9 +158,10 @@ class _Contract:
             with pytest.raises(ParameterError) as err:
                 declared.from_config({key: value})
             assert err.value.key == key
-        first = declared.names()[0] if declared.names() else "x"
-        with pytest.raises(UnknownParameterError, match="did you mean" if declared.names() else "unknown"):
-            declared.from_config({first + "_typo": 1})
+        names = declared.names()
+        typo = next((n + "s" for n in names if n + "s" not in names), "x_typo")  # a plural slip
+        with pytest.raises(UnknownParameterError, match="did you mean" if names else "unknown"):
+            declared.from_config({typo: 1})
 
     # ---- import stays light ------------------------------------------------------------------
     def test_listing_and_import_stay_light(self) -> None:

@@ -183,6 +183,16 @@ def test_field_unavailable_is_a_skipped_record_with_its_reason(tmp_path):
     from harness.runner import Runner, RunSpec
 
     metrics().register(DeltaNorm.name, DeltaNorm)
+    try:
+        _run_delta_norm(tmp_path)
+    finally:
+        metrics()._extra.pop(DeltaNorm.name, None)  # registered for this test only
+
+
+def _run_delta_norm(tmp_path):
+    from harness import store
+    from harness.runner import Runner, RunSpec
+
     model = {"steps": 20, "n_checkpoints": 3, "batch_size": 32, "eval_batches": 1, "temperature": 1e-2}
     spec = RunSpec(model_name="toy_softmax", model=model, metrics={DeltaNorm.name: {}}, data={}, checkpoints={},
                    run_dir=tmp_path / "r", run_root=tmp_path / "r", progress="off", report=False,
