@@ -1,6 +1,6 @@
 """`TransportMetric`: finite-size gradient-transport observables (D, z, beta, delta, v_rel)
 with null controls, closure and one-slope compressibility (issue 6; Wang & Du 2026 as
-reconstructed in shared/research/transport.md: see docs/transport.md for what is
+reconstructed in docs/transport.md, which says what is
 reconstructed and which parameter carries each unconfirmed choice).
 
 Checkpoint scope: the configured field is streamed into the TDU-OFC probe for the real field
