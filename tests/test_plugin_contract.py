@@ -179,8 +179,6 @@ class DeltaNorm(Metric):
 
 
 def test_field_unavailable_is_a_skipped_record_with_its_reason(tmp_path):
-    from harness import store
-    from harness.runner import Runner, RunSpec
 
     metrics().register(DeltaNorm.name, DeltaNorm)
     try:

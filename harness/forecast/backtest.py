@@ -12,7 +12,8 @@ Scores per (method, cutoff), per series and overall ("all"):
   records carry a stderr: ~0.8 is what a perfect forecast of the *expected* score scores
   against a binomially noisy realisation;
 - ``coverage``: share of realised values inside the interval; ``width``: mean interval width
-  (finite intervals only; ``n_unbounded`` counts the rest);
+  (both over bounded intervals only; ``n_unbounded`` counts the rest, which too few
+  calibration runs for the level leave unbounded);
 - ``spearman``: rank agreement of predicted vs realised across runs (per series; "all" is the
   mean over series), `scipy.stats.spearmanr`;
 - ``n``, ``n_skipped``: forecasts scored and methods' skips (with their reasons in ``forecasts``).
@@ -65,7 +66,9 @@ def score(f: pd.DataFrame) -> dict:
         "mae": float(np.mean(np.abs(err))) if len(err) else math.nan,
         "rmse": float(np.sqrt(np.mean(err**2))) if len(err) else math.nan,
         "mae_se": float(np.mean(np.abs(err[good_se]) / se[good_se])) if good_se.any() else math.nan,
-        "coverage": float(np.mean((real >= lo) & (real <= hi))) if len(err) else math.nan,
+        # an unbounded interval (too few calibration runs for the level) covers trivially: it is
+        # counted in n_unbounded, never as coverage
+        "coverage": float(np.mean(((real >= lo) & (real <= hi))[bounded])) if bounded.any() else math.nan,
         "width": float(np.mean((hi - lo)[bounded])) if bounded.any() else math.nan,
         "n_unbounded": int((~bounded).sum()),
     }
@@ -96,8 +99,12 @@ def verdict(summary: pd.DataFrame, level: float, at: float = 0.1) -> str:
     c = cutoffs[0]
     at_c = overall[overall["cutoff"] == c].sort_values("mae")
     best = at_c.iloc[0]
-    parts = [f"at cutoff {c:g}: {best['method']} wins (MAE {best['mae']:.3g}, coverage {best['coverage']:.2f} "
-             f"of {level:.0%} intervals, mean width {best['width']:.3g})"]
+    if math.isfinite(best["coverage"]):
+        cov = (f"coverage {best['coverage']:.2f} of {level:.0%} intervals, mean width {best['width']:.3g}"
+               + (f", {int(best['n_unbounded'])} unbounded" if best["n_unbounded"] else ""))
+    else:
+        cov = f"{level:.0%} intervals unbounded: too few completed runs to calibrate"
+    parts = [f"at cutoff {c:g}: {best['method']} wins (MAE {best['mae']:.3g}, {cov})"]
     last = at_c[at_c["method"] == "last"]
     if not last.empty and best["method"] != "last":
         parts.append(f"last has MAE {last.iloc[0]['mae']:.3g}")

@@ -58,9 +58,9 @@ def add_commands(subparsers) -> None:
 
 
 def _console():
-    from rich.console import Console
+    from harness.report.cli import _console as report_console
 
-    return Console()
+    return report_console()  # the report's rule: piped output is not cut to 80 columns
 
 
 def _fmt(v: float, digits: int = 4) -> str:

@@ -15,6 +15,7 @@ class LossMetric(Metric):
 
     name = "loss"
     version = "1"
+    performance = {"loss": "loss", "perplexity": "loss"}
 
     class Params(Params):
         split: str = param("val", "which evaluation split of the family")
