@@ -14,13 +14,8 @@ import torch
 from harness.api import Checkpoint, CheckpointContext, CheckpointRef, PairContext, ParameterError
 from harness.lm import CausalLMCheckpoint, random_token_batches, tiny_gpt_neox
 from harness_plugins.metrics.interference import InterferenceMetric
-from harness_plugins.metrics.interference.opposition import (
-    find_targets,
-    opposition,
-    opposition_loop,
-    opposition_per_position,
-    opposition_vmap,
-)
+from harness_plugins.metrics.interference.opposition import find_targets, opposition
+from opposition_oracles import opposition_loop, opposition_per_position, opposition_vmap
 from harness_plugins.metrics.interference.stats import interference_stats
 
 torch.set_num_threads(1)
