@@ -80,3 +80,33 @@ def test_preset_smoke(preset, tmp_path):
             pytest.xfail(f"{dynamics} is a {'/'.join(sorted(scopes))} metric: its observables reach a relation "
                          "table only at model level (issue 14), not written by this report yet")
     assert rows, f"no relation row for a {dynamics} observable"
+
+
+def test_online_only_preset_offline_is_one_line_naming_the_offline_variant(tmp_path):
+    proc = run_harness("experiment=pico_transport", f"results_dir={tmp_path}", "print_config=false",
+                       env={"HF_HUB_OFFLINE": "1"}, timeout=300)
+    assert proc.returncode == 2, proc.stdout[-1000:] + proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert "HF_HUB_OFFLINE" in lines[0] and "experiment=pico_transport model.source=local model.size=null" in lines[0]
+    assert not list(tmp_path.rglob("records*.jsonl"))  # failed before any work
+
+
+def test_lm_eval_missing_fails_at_config_time_naming_the_install(monkeypatch):
+    import importlib.util
+
+    from harness.api import ConfigError
+    from harness.runner import build_metrics
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a, **k: None if name == "lm_eval" else real(name, *a, **k))
+    with pytest.raises(ConfigError, match=r"lm-evaluation-harness, which is not installed: pip install .*\[lm_eval\]"):
+        build_metrics({"lm_eval": {"_target_": "harness_plugins.metrics.lm_eval.LmEvalMetric"}}, [])
+
+
+def test_lm_eval_is_part_of_the_base_install():
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert any(d.replace(" ", "").startswith("lm-eval[hf]") for d in deps)

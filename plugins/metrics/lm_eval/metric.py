@@ -201,6 +201,20 @@ def _dirs(value: Any) -> list[str]:
     return [str(p) for p in paths]
 
 
+INSTALL_HINT = "pip install -c constraints.txt -e '.[lm_eval]'  (lm-eval[hf], part of the base install)"
+
+
+def require_lm_eval() -> None:
+    """Fail at config time, before any model is built or trained, when lm-eval is missing (a venv
+    made before it joined the base install): one line naming what to install."""
+    import importlib.util
+
+    from harness.api import ConfigError
+
+    if importlib.util.find_spec("lm_eval") is None:
+        raise ConfigError(f"metric lm_eval needs lm-evaluation-harness, which is not installed: {INSTALL_HINT}")
+
+
 class LmEvalMetric(Metric):
     """Downstream scores with lm-evaluation-harness on the in-memory checkpoint (offline tasks by default)."""
 
@@ -226,6 +240,7 @@ class LmEvalMetric(Metric):
         max_length: int | None = param(None, "context length override for HFLM; null = the model's own", ge=1)
 
     def __init__(self, **params: Any):
+        require_lm_eval()
         super().__init__(**params)
         self.include_paths = [str(Path(p).expanduser().resolve()) for p in self.include_path]
 
