@@ -45,6 +45,7 @@ __all__ = [
     "Measurement",
     "Metric",
     "ModelFamily",
+    "PERFORMANCE_KINDS",
     "PairContext",
     "ParameterError",
     "Scope",
@@ -252,6 +253,16 @@ class ModelFamily:
         self.workdir = Path(workdir) if workdir else None
         self.params = params
 
+    @property
+    def cache_root(self) -> Path | None:
+        """The harness cache this family's ``workdir`` lives in (the runner passes
+        ``<cache>/families/<name>``): where shared things go, e.g. suites built by
+        ``python -m harness.build``, so a suite built there is found and reused by a run."""
+        if self.workdir is None:
+            return None
+        w = self.workdir
+        return w.parent.parent if w.parent.name == "families" else w
+
     def prepare(self) -> None:
         """Do one-time work before checkpoints are listed (build, train, download index)."""
 
@@ -262,6 +273,12 @@ class ModelFamily:
     def load(self, ref: CheckpointRef) -> Checkpoint:
         """Load one checkpoint. Raise on broken input: the runner records the error and goes on."""
         raise NotImplementedError
+
+    def scores(self, refs: Sequence[CheckpointRef]) -> Any:
+        """Published downstream scores for these checkpoints, as a `harness.scores.ScoreTable`
+        (its ``label`` becomes the records' metric, e.g. ``published``), or None. The runner joins
+        them as performance records before any metric runs."""
+        return None
 
     def history(self, model_id: str) -> pd.DataFrame | None:
         """The training log of one run (columns: step, loss, and when known learning_rate,
@@ -274,6 +291,11 @@ class ModelFamily:
 
 
 # ---- metrics --------------------------------------------------------------------------
+
+#: kinds of performance measure, in the order the leaderboard prefers them for its default
+#: ranking: ``primary`` (the headline score a source marks), ``score`` (a downstream task score),
+#: ``loss`` (held-out loss or perplexity)
+PERFORMANCE_KINDS = ("primary", "score", "loss")
 
 
 @dataclass
@@ -302,6 +324,10 @@ class Measurement:
     message: str | None = None
     warning: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    #: this number is a *performance measure* (what relation tables relate observables to and
+    #: the leaderboard ranks by): one of `PERFORMANCE_KINDS`, or None. Left None, the metric's
+    #: ``performance`` declaration decides (see `Metric.performance_kind`)
+    performance: str | None = None
 
     @classmethod
     def skipped(cls, measure: str, reason: str, **kw: Any) -> Measurement:
@@ -372,6 +398,23 @@ class Metric:
     scopes: ClassVar[tuple[Scope, ...]] = (Scope.CHECKPOINT,)
     #: metrics whose records this one reads (trajectory/suite scope); the runner orders by it
     reads: ClassVar[tuple[str, ...]] = ()
+    #: which of this metric's measures are performance measures: ``{measure glob: kind}`` with
+    #: kind in `PERFORMANCE_KINDS` (e.g. ``{"loss": "loss"}``, ``{"*": "score"}``); carried into
+    #: every record's ``performance`` column, so reports never name a metric to find them
+    performance: ClassVar[Mapping[str, str]] = {}
+
+    @classmethod
+    def performance_kind(cls, measurement: Measurement) -> str | None:
+        """The performance kind of one measurement: its own ``performance`` field if set, else
+        the first matching glob of the class declaration, else None (an observable)."""
+        if measurement.performance is not None:
+            return measurement.performance
+        import fnmatch
+
+        for pattern, kind in cls.performance.items():
+            if fnmatch.fnmatchcase(measurement.measure, pattern):
+                return kind
+        return None
 
     def __init__(self, **params: Any):
         self.params = params

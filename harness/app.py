@@ -185,6 +185,7 @@ def run_from_config(cfg: Any) -> int:
         report=bool(plain.get("report", True)) and not multirun,
         scopes=plain.get("scopes"),
         check_finite=bool(plain.get("check_finite", True)),
+        scores=_as_paths(plain.get("scores")),
     )
     if not spec.metrics:
         raise HarnessError("no metric selected: choose one with metric=NAME or 'metric=[a,b]'")
@@ -197,6 +198,13 @@ def run_from_config(cfg: Any) -> int:
     if multirun:
         sweep.write_job_status(run_dir, code, summary=summary)
     return code
+
+
+def _as_paths(value: Any) -> list[str]:
+    """The ``scores`` key: null, one path, or a list of paths."""
+    if value in (None, "", []):
+        return []
+    return [str(value)] if isinstance(value, (str, Path)) else [str(v) for v in value]
 
 
 def main() -> None:

@@ -63,6 +63,7 @@ RECORD_COLUMNS = (
     "n",
     "unit",
     "higher_is_better",
+    "performance",
     "status",
     "message",
     "warning",

@@ -294,7 +294,7 @@ def test_cli_forecast_and_backtest(tmp_path, capsys):
     fc = pd.read_csv(root / "forecast" / "forecast.csv")
     assert set(fc["method"]) == {"last", "suite", "observables"}
     assert len(fc) == 3 * 6 * 2
-    assert main(["forecast", "backtest", str(root), "--method", "last,curve,suite,observables", "--cutoffs",
+    assert main(["forecast", "backtest", str(root), "--method", "last,suite,observables", "--cutoffs",
                  "0.1,0.5", *sel]) == 0
     out = capsys.readouterr().out
     assert "verdict: at cutoff 0.1" in out
@@ -315,3 +315,95 @@ def test_unbounded_intervals_are_not_counted_as_coverage():
     assert math.isnan(row["coverage"]) and row["n_unbounded"] == 3
     assert "unbounded" in bt.verdict
     assert bt.forecasts["reason"].str.contains("too few for level").all()
+
+
+def _hidden_rate_suite(n_runs=12, seed=0, informative=True):
+    """Runs of one size whose late gain (after the cutoff) depends on a hidden h_r that nothing
+    before the cutoff in the scores reveals; an early observable measures h_r (or, as a
+    control, is pure noise). Only the observables method can see it."""
+    rng = np.random.default_rng(seed)
+    steps = np.array([1000, 2000, 4000, 7000, 10000, 30000, 100000.0])
+    rows = []
+    for i in range(n_runs):
+        run = f"run{i:02d}"
+        h = rng.uniform(0, 1)
+        probe = h + rng.normal(0, 0.02) if informative else rng.normal()
+        for s, (chance, ceil) in enumerate([(0.25, 0.75), (0.5, 0.9)]):
+            ceil = ceil + rng.normal(0, 0.03)
+            y = ceil - (ceil - chance) * (steps / 1000) ** -0.5 + 0.1 * h * np.maximum(0, np.log10(steps / 10000))
+            for t, v in zip(steps, y + rng.normal(0, SIGMA, len(steps))):
+                rows.append({"family": "toy", "model_id": run, "n_params": 1e8, "step": t, "metric": "m",
+                             "measure": "acc", "task": f"task{s}", "layer": None, "value": v, "stderr": SIGMA,
+                             "status": "ok", "performance": "score"})
+        for t in steps[steps <= 10000]:
+            rows.append({"family": "toy", "model_id": run, "n_params": 1e8, "step": t, "metric": "probe",
+                         "measure": "rate", "task": None, "layer": None, "value": probe, "stderr": np.nan,
+                         "status": "ok", "performance": None})
+    return pd.DataFrame(rows)
+
+
+def test_observables_add_when_a_planted_observable_carries_the_signal():
+    rec = _hidden_rate_suite()
+    perf = performance_series(rec)
+    feats = observable_series(rec, targets=perf["series"].unique())
+    assert list(feats["series"].unique()) == ["probe.rate"]
+    bt = backtest(perf, cutoffs=(0.1, 0.3), methods=[Suite(robust=False), "observables"], features=feats)
+    overall = bt.summary[bt.summary.series == "all"].set_index(["method", "cutoff"])
+    assert overall.loc[("observables", 0.1), "mae"] < 0.5 * overall.loc[("suite", 0.1), "mae"]
+    assert "observables add over suite" in bt.verdict
+    chosen = bt.forecasts[(bt.forecasts.method == "observables") & (bt.forecasts.cutoff == 0.1)]["inputs"]
+    assert chosen.str.contains('"observable": "(?:log\\()?probe.rate\\)?"', regex=True).mean() > 0.9
+    # control: an observable that is pure noise does not make the forecast better
+    noise = _hidden_rate_suite(informative=False)
+    bt0 = backtest(performance_series(noise), cutoffs=(0.1,), methods=[Suite(robust=False), "observables"],
+                   features=observable_series(noise, targets=perf["series"].unique()))
+    o0 = bt0.summary[bt0.summary.series == "all"].set_index("method")["mae"]
+    assert o0["observables"] > 0.8 * o0["suite"]
+
+
+def test_suite_leverage_guard_avoids_wild_extrapolation():
+    """All but one training run sit on one plateau value at the cutoff (wsc's majority class):
+    the full design extrapolates the gain from that one run to a target far off the plateau
+    (an accuracy above 1 without the guard); with it, a nested design is used."""
+    rng = np.random.default_rng(0)
+
+    def case(i, yc, yT):
+        return Case(run=f"r{i}", series="s", cutoff=1e4, target=1e5, steps=np.array([1e4]), values=np.array([yc]),
+                    stderr=np.array([0.047]), log_n=math.log(1e8 * 2**i), realised=yT, realised_stderr=0.047)
+
+    train = [case(i, 0.365, 0.365 + rng.normal(0, 0.01)) for i in range(6)] + [case(6, 0.40, 0.60)]
+    target = case(7, 0.54, 0.365)
+    wild, _ = Suite(select=False).predict(target, train)
+    guarded, inputs = Suite().predict(target, train)
+    assert wild > 1.0
+    assert 0.2 < guarded < 0.8 and inputs["features"] != ["1", "log_n_params", "value_at_cutoff"]
+
+
+# ---- the published Pythia scores (shipped with the pythia plugin) ----------------------------
+
+PYTHIA_TARGETS = ["published:acc:lambada_openai", "published:acc:piqa", "published:acc:arc_easy", "published:acc:sciq",
+                  "published:acc:winogrande", "published:acc_norm:arc_challenge", "published:acc_norm:logiqa",
+                  "published:acc:wsc"]
+
+
+def test_backtest_on_published_pythia_scores(tmp_path):
+    """Through the real weightless source: the issue measured `last` at MAE 0.058 (cutoff step
+    13000 of 143000, 8 sizes, the 8 zero-shot tasks), an independent number this reproduces;
+    `suite` must beat it by more than 2x with calibrated 90% intervals. (The issue's goal of
+    MAE <= 0.02 is not reached: 0.023, wsc alone 0.083; docs/forecast.md.)"""
+    from harness.runner import Runner, RunSpec
+
+    spec = RunSpec(model_name="pythia", model={"source": "published"}, metrics={"loss": {}}, data={},
+                   checkpoints={"select": "all"}, run_dir=tmp_path / "pub", run_root=tmp_path / "pub",
+                   progress="off", report=False)
+    Runner(spec).run()
+    import harness
+
+    perf = performance_series(harness.load_results(tmp_path / "pub"), PYTHIA_TARGETS)
+    assert perf["run"].nunique() == 8 and perf["series"].nunique() == 8
+    bt = backtest(perf, cutoffs=(13000,), methods=["last", "suite"], target_step=143000)
+    overall = bt.summary[bt.summary.series == "all"].set_index("method")
+    assert overall.loc["last", "mae"] == pytest.approx(0.058, abs=0.0005)
+    assert overall.loc["last", "n"] == 64 and overall.loc["suite", "n"] == 64
+    assert overall.loc["suite", "mae"] < 0.5 * overall.loc["last", "mae"]
+    assert 0.85 <= overall.loc["suite", "coverage"] <= 0.95

@@ -16,9 +16,12 @@ it, cross-run methods learn from it. Calibration (`harness.forecast.conformal`) 
   the last point before the cutoff from the points before it (out of sample), refitted on all
   points, combined by weighted median.
 - ``suite``: cross-run: the gain from the cutoff to the target, ``y_T - y_c``, regressed on
-  ``[1, log n_params, y_c]`` over the other completed runs (robust soft-L1 loss, scipy
-  ``least_squares``), applied to the target's ``y_c``; ``log n_params`` is dropped when unknown
-  or constant (seeds of one size).
+  ``[1, log n_params, y_c]`` over the other completed runs (robust soft-L1 loss, the loss of
+  scipy ``least_squares``), applied to the target's ``y_c``; ``log n_params`` is dropped when
+  unknown or constant (seeds of one size); where that design is ill-posed for the target
+  (leverage > 10: an extrapolation far beyond what the training runs span) the nested designs
+  (without size, without ``y_c``, intercept only) compete by leave-one-out error over the
+  training runs.
 - ``observables``: ``suite`` plus the one early observable (loss, t_d, D, v_rel, ... at the
   cutoff) that best predicts the other runs' gains in an inner leave-one-out over the training
   runs only.
@@ -346,9 +349,14 @@ class Suite(Method):
     cross_run = True
     description = "cross-run: gain to the target regressed on log n_params and the cutoff value"
 
-    def __init__(self, robust: bool = True, use_size: bool = True):
+    #: the design's columns besides the intercept
+    SIZE, VALUE = "log_n_params", "value_at_cutoff"
+
+    def __init__(self, robust: bool = True, use_size: bool = True, select: bool = True, max_leverage: float = 10.0):
         self.robust = robust
         self.use_size = use_size
+        self.select = select
+        self.max_leverage = max_leverage
 
     def _usable(self, case: Case, train: Sequence[Case]) -> list[Case]:
         self._need_points(case, 1)
@@ -358,14 +366,15 @@ class Suite(Method):
         ns = [c.log_n for c in (case, *train)]
         return self.use_size and all(math.isfinite(v) for v in ns) and np.ptp(ns) > 0
 
-    def design(self, cases: Sequence[Case], size: bool, extra: Sequence[str] = ()) -> np.ndarray:
-        cols = [np.ones(len(cases))]
-        if size:
-            cols.append(np.array([c.log_n for c in cases]))
-        cols.append(np.array([c.last for c in cases]))
-        for name in extra:
-            cols.append(np.array([c.features[name] for c in cases]))
-        return np.column_stack(cols)
+    def column(self, cases: Sequence[Case], name: str) -> np.ndarray:
+        if name == self.SIZE:
+            return np.array([c.log_n for c in cases])
+        if name == self.VALUE:
+            return np.array([c.last for c in cases])
+        return np.array([c.features[name] for c in cases])
+
+    def design(self, cases: Sequence[Case], cols: Sequence[str]) -> np.ndarray:
+        return np.column_stack([np.ones(len(cases)), *(self.column(cases, n) for n in cols)])
 
     def _scale(self, train: Sequence[Case]) -> float:
         se = np.array([c.last_stderr for c in train])
@@ -375,21 +384,55 @@ class Suite(Method):
         gains = np.array([c.realised - c.last for c in train])
         return float(1.4826 * np.median(np.abs(gains - np.median(gains)))) or 1e-3
 
-    def _fit_predict(self, case, train, size, extra=()):
-        p = 2 + int(size) + len(extra)
-        if len(train) < p + 1:
-            raise Skip(f"too few completed runs to learn from ({len(train)} < {p + 1})")
-        A = self.design(train, size, extra)
+    def _fit_predict(self, case, train, cols):
+        p = 1 + len(cols)
+        if len(train) < p + 2:
+            raise Skip(f"too few completed runs to learn from ({len(train)} < {p + 2})")
+        A = self.design(train, cols)
         g = np.array([c.realised - c.last for c in train])
         b = robust_lstsq(A, g, self._scale(train), self.robust)
-        return float(case.last + self.design([case], size, extra)[0] @ b), b
+        return float(case.last + self.design([case], cols)[0] @ b), b
+
+    def choose(self, case: Case, train: Sequence[Case]) -> tuple[tuple[str, ...], float]:
+        """The design's columns: ``[1, log n, y_c]`` (size only when known and not constant),
+        unless it is ill-posed for this target.
+
+        Ill-posed: the target's leverage ``x_t (A'A)^-1 x_t'`` exceeds ``max_leverage`` (10: its
+        forecast would rest on an extrapolation wider than the training runs span: e.g. every
+        other run at the same value at the cutoff, as wsc's majority-class plateau gives) or a
+        training run has leverage ~1 (infinite leave-one-out error). Then the nested designs
+        (without size, without y_c, intercept only = the median gain) compete by OLS
+        leave-one-out error over the training runs only. Returns (columns, that LOO MAE or nan).
+        """
+        full = ((self.SIZE,) if self._size_ok(case, train) else ()) + (self.VALUE,)
+        if not self.select:
+            return full, math.nan
+        g = np.array([c.realised - c.last for c in train])
+
+        def ok(cols) -> bool:
+            A = self.design(train, cols)
+            x = self.design([case], cols)[0]
+            lev = float(x @ np.linalg.pinv(A.T @ A) @ x)
+            return lev <= self.max_leverage and math.isfinite(_loo_mae(A, g))
+
+        if ok(full):
+            return full, math.nan
+        options = [tuple(c for c in full if c != drop) for drop in full] + ([()] if len(full) > 1 else [])
+        scored = [(_loo_mae(self.design(train, cols), g), -len(cols), cols) for cols in dict.fromkeys(options)
+                  if ok(cols)]
+        if not scored:
+            return (), math.nan
+        mae, _, cols = min(scored)
+        return cols, mae
 
     def predict(self, case, train):
         train = self._usable(case, train)
-        size = self._size_ok(case, train)
-        value, b = self._fit_predict(case, train, size)
-        return value, {"features": ["1", *(["log_n_params"] if size else []), "value_at_cutoff"],
-                       "coef": [round(float(v), 5) for v in b], "n_runs": len(train)}
+        if len(train) < 4:
+            raise Skip(f"too few completed runs to learn from ({len(train)} < 4)")
+        cols, mae = self.choose(case, train)
+        value, b = self._fit_predict(case, train, cols)
+        return value, {"features": ["1", *cols], "coef": [round(float(v), 5) for v in b], "n_runs": len(train),
+                       **({"inner_loo_mae": round(mae, 5)} if math.isfinite(mae) else {})}
 
 
 def _loo_mae(A: np.ndarray, g: np.ndarray) -> float:
@@ -424,26 +467,26 @@ class Observables(Suite):
 
     def predict(self, case, train):
         train = self._usable(case, train)
-        size = self._size_ok(case, train)
         cands = self.candidates(case, train)
         if not cands:
             raise Skip("no observable series at or before the cutoff in every run")
-        p = 3 + int(size)
-        if len(train) < p + 2:
-            raise Skip(f"too few completed runs to choose an observable ({len(train)} < {p + 2})")
+        if len(train) < 5:
+            raise Skip(f"too few completed runs to choose an observable ({len(train)} < 5)")
+        base_cols, _ = self.choose(case, train)
         g = np.array([c.realised - c.last for c in train])
-        A0 = self.design(train, size)
+        A0 = self.design(train, base_cols)
         base = _loo_mae(A0, g)
         scored = sorted((_loo_mae(np.column_stack([A0, v[1:]]), g), n) for n, v in cands.items())
         mae, best = scored[0]
         info = {"inner_loo_mae_without": round(base, 5), "candidates": len(cands), "n_runs": len(train)}
         if not mae < base:  # no observable predicts the other runs' gains better: the suite model
-            value, b = self._fit_predict(case, train, size)
-            return value, {**info, "observable": None, "coef": [round(float(v), 5) for v in b]}
+            value, b = self._fit_predict(case, train, base_cols)
+            return value, {**info, "observable": None, "features": ["1", *base_cols],
+                           "coef": [round(float(v), 5) for v in b]}
         aug_train = [_with_feature(c, best, v) for c, v in zip(train, cands[best][1:])]
-        value, b = self._fit_predict(_with_feature(case, best, cands[best][0]), aug_train, size, [best])
+        value, b = self._fit_predict(_with_feature(case, best, cands[best][0]), aug_train, (*base_cols, best))
         return value, {**info, "observable": best, "inner_loo_mae": round(mae, 5),
-                       "coef": [round(float(v), 5) for v in b]}
+                       "features": ["1", *base_cols, best], "coef": [round(float(v), 5) for v in b]}
 
 
 def _with_feature(case: Case, name: str, value: float) -> Case:
