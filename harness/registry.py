@@ -22,13 +22,14 @@ import ast
 import difflib
 import importlib
 import importlib.util
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import cache
 from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 from typing import Any
 
-from harness.api import ConfigError
+from harness.api import ConfigError, ParameterError
 
 GROUPS = {"model": "harness.models", "metric": "harness.metrics"}
 
@@ -211,3 +212,88 @@ def import_target(target: str) -> Any:
     for part in attr.split("."):
         obj = getattr(obj, part)
     return obj
+
+
+# ---- building plugins from a resolved config ---------------------------------------------
+
+#: config keys that are instructions to Hydra/the harness, never plugin parameters
+RESERVED_KEYS = ("_target_",)
+
+
+def _norm_target(target: str) -> str:
+    return target.replace(":", ".")
+
+
+def check_target(kind: str, name: str, target: str | None, trusted: Iterable[str]) -> None:
+    """Refuse to instantiate anything but the registered plugin class or a trusted target."""
+    registered = registry(kind).target(name)
+    if target is None or _norm_target(target) == _norm_target(registered):
+        return
+    if _norm_target(target) in {_norm_target(t) for t in trusted}:
+        return
+    raise ConfigError(
+        f"{kind} '{name}': _target_ {target!r} is not the registered plugin class {registered!r}. "
+        "Add it to `trusted_targets` if you really mean to instantiate it."
+    )
+
+
+def plugin_params(node: Mapping[str, Any]) -> dict[str, Any]:
+    """A plugin's constructor keywords: its config node without the reserved keys."""
+    return {k: v for k, v in node.items() if k not in RESERVED_KEYS}
+
+
+def resolve_model_name(node: Mapping[str, Any], choice: str | None) -> str:
+    """The family's registry name: the config group choice, else the class its _target_ names."""
+    names = models().names()
+    if choice and choice in names:
+        return choice
+    target = node.get("_target_")
+    for name, registered in models().targets().items():
+        if target and _norm_target(registered) == _norm_target(target):
+            return name
+    raise ConfigError(unknown_name_message("model", str(choice or target), names))
+
+
+def build_family(node: Mapping[str, Any], name: str, data: Mapping[str, Any], workdir: Path,
+                 trusted: Iterable[str]) -> Any:
+    """Construct the model family ``name`` from its config node (after the `_target_` check)."""
+    check_target("model", name, node.get("_target_"), trusted)
+    cls = models().get(name)
+    try:
+        return cls(**plugin_params(node), data=dict(data), workdir=str(workdir))
+    except ParameterError as exc:
+        raise exc.with_prefix("model") from None
+    except TypeError as exc:
+        raise ConfigError(f"model '{name}': {exc}") from None
+
+
+def build_metrics(nodes: Mapping[str, Mapping[str, Any]], trusted: Iterable[str]) -> dict[str, Any]:
+    """Construct every selected metric, in dependency order (see `order_metrics`)."""
+    out: dict[str, Any] = {}
+    reg = metrics()
+    for name in nodes:
+        if name not in reg:
+            raise ConfigError(unknown_name_message("metric", name, reg.names()))
+    for name in order_metrics(nodes):
+        node = nodes[name]
+        check_target("metric", name, node.get("_target_"), trusted)
+        cls = reg.get(name)
+        try:
+            out[name] = cls(**plugin_params(node))
+        except ParameterError as exc:
+            raise exc.with_prefix(f"metric.{name}") from None
+        except TypeError as exc:
+            raise ConfigError(f"metric '{name}': {exc}") from None
+    return out
+
+
+def order_metrics(nodes: Mapping[str, Any]) -> list[str]:
+    """Metrics that others read (``Metric.reads``) run first; otherwise config order."""
+    names = list(nodes)
+    reads = {n: set(getattr(metrics().get(n), "reads", ())) for n in names}
+    ordered: list[str] = []
+    while names:
+        ready = [n for n in names if not (reads[n] & set(names) - {n})] or names[:1]
+        ordered.append(ready[0])
+        names.remove(ready[0])
+    return ordered

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.api import HarnessError
+from harness.atomic import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -83,27 +84,16 @@ def check_launcher(argv: list[str]) -> None:
 
 
 def check_results_root(argv: list[str]) -> None:
-    """Refuse to start when the results root cannot be written (creates nothing itself).
+    """Refuse to start when a literal ``results_dir=PATH`` (or the default) cannot be written.
 
-    Only a literal ``results_dir=PATH`` (or the default ``results``) is checked here; the
-    runner checks the resolved run directory again with `harness.store.check_writable`.
+    Creates nothing; the check itself is `harness.store.check_writable` (the one place).
     """
+    from harness.store import check_writable
+
     value = _override_value(argv, "results_dir") or "results"
     if "${" in value:
         return
-    path = Path(value).expanduser().absolute()
-    probe = path
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    if not probe.is_dir():
-        raise HarnessError(f"results directory {path} cannot be created: {probe} is not a directory")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise HarnessError(f"results directory {path} is not writable ({probe}: permission denied)")
-    from harness.store import _free_bytes
-
-    free = _free_bytes(probe)
-    if free is not None and free < MIN_FREE_BYTES:
-        raise HarnessError(f"results directory {path} has only {free} bytes free (need {MIN_FREE_BYTES})")
+    check_writable(Path(value), MIN_FREE_BYTES, create=False)
 
 
 def write_job_status(job_dir: Path, code: int, *, summary: Any = None, message: str | None = None) -> None:
@@ -113,10 +103,7 @@ def write_job_status(job_dir: Path, code: int, *, summary: Any = None, message: 
         status.update({k: getattr(summary, k) for k in ("ok", "skipped", "error", "units_run", "units_skipped")})
         status["errors"] = list(summary.errors[:5])
     try:
-        job_dir.mkdir(parents=True, exist_ok=True)
-        tmp = job_dir / f".{JOB_STATUS}.tmp"
-        tmp.write_text(json.dumps(status, default=str))
-        os.replace(tmp, job_dir / JOB_STATUS)
+        atomic_write(job_dir / JOB_STATUS, json.dumps(status, default=str))
     except OSError as exc:  # the job's records are what counts; the status is a convenience
         logger.warning("cannot write job status in %s: %s", job_dir, exc)
 

@@ -40,6 +40,7 @@ import torch
 
 from harness import learning_dynamics as ld
 from harness.api import ParameterError
+from harness.atomic import swap_in
 from harness.capture import layout as L
 from harness.capture.schedule import Schedule
 
@@ -262,14 +263,8 @@ class Recorder:
                 "train_gradients": bool(train_grads), "val_loss": float(val_losses.mean()),
                 "world_size": self.world_size, **dict(meta or {})}
         L.write_json_atomic(tmp / L.STEP_META, info)  # last: marks the directory complete
-        final = L.step_dir(self.root, step)
-        if final.exists():  # a re-save of the same step (resumed training): swap, then drop the old one
-            old = ckpts / f".old-step_{int(step)}-{os.getpid()}"
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
+        # a re-save of the same step (resumed training) swaps the directory as a whole
+        final = swap_in(tmp, L.step_dir(self.root, step))
         self.written.append(int(step))
         self.flush()
         t2 = time.perf_counter()

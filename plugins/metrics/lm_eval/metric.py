@@ -29,6 +29,7 @@ from typing import Any
 
 from harness.api import (
     CheckpointContext,
+    ConfigError,
     Measurement,
     Metric,
     ParameterError,
@@ -225,6 +226,14 @@ class LmEvalMetric(Metric):
         self.bootstrap_iters, self.log_samples, self.max_length = int(bootstrap_iters), log_samples, max_length
         self.include_paths = [str(Path(p).expanduser().resolve()) for p in paths]
         self.cache_dir = cache_dir
+
+    def prepare(self) -> None:
+        """Check the task names once, before any checkpoint is loaded: a typo is a clear
+        error with close matches, not an error record per checkpoint after a model load."""
+        try:
+            manager_for(self.tasks, self.include_paths_for_run())
+        except ValueError as exc:
+            raise ConfigError(f"metric.lm_eval.tasks: {exc}") from None
 
     # ---- helpers ------------------------------------------------------------------------
     def include_paths_for_run(self) -> list[str]:
