@@ -4,8 +4,10 @@
     .venv/bin/python bench/bench_interference.py --only sequence --configs tiny
 
 Sections:
-  sequence  per-sequence opposition: Python loop over examples, torch.func vmap, Opacus (if
-            installed; not installed here), and the hooks method (one batched backward +
+  sequence  per-sequence opposition: Python loop over examples, torch.func vmap, Opacus's
+            GradSampleModule (when opacus is installed: ``pip install -c constraints.txt
+            harness[bench]``; otherwise the column says "opacus not installed"; its D is checked
+            against the hooks method's), and the hooks method (one batched backward +
             per-row outer products), on a tiny GPT-NeoX (hidden 128, 4 layers, 32 x 128 tokens)
             and a 25M one (hidden 512, 8 layers; smaller batch).
   token     exact per-token opposition: ZSL's per-position algorithm (one backward per position)
@@ -14,7 +16,7 @@ Sections:
   memory    peak RSS growth of the per-token method at sequence length 512 on a 10M model,
             for two chunk budgets (the slice of positions at the end of the sequence, where
             chunks are longest).
-Times are the minimum of ``--repeat`` runs after a warm-up. Prints ratios; asserts nothing.
+Times: min/median/max of ``--repeat`` runs after a warm-up (ratios use the medians).
 """
 
 from __future__ import annotations
@@ -49,17 +51,55 @@ def _setup(hidden, layers, heads, vocab, batch, seq):
 
 
 def _time(fns: dict, repeat: int) -> dict:
-    """Min wall time of each function, timed round-robin (one warm-up each) so that load
-    from other processes on a shared machine drifts over all methods alike."""
+    """Median wall time of each function, timed round-robin (one warm-up each) so that load
+    from other processes on a shared machine drifts over all methods alike; every run's time
+    is kept in ``_time.runs`` for the min/median/max lines."""
+    import statistics
+
     for fn in fns.values():
         fn()
-    best = dict.fromkeys(fns, float("inf"))
+    runs: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeat):
         for name, fn in fns.items():
             t0 = time.perf_counter()
             fn()
-            best[name] = min(best[name], time.perf_counter() - t0)
-    return best
+            runs[name].append(time.perf_counter() - t0)
+    _time.runs = runs
+    return {name: statistics.median(v) for name, v in runs.items()}
+
+
+def _spread() -> str:
+    """``name min/median/max`` of the last `_time` call, in seconds."""
+    import statistics
+
+    return "  ".join(f"{n} {min(v):.3f}/{statistics.median(v):.3f}/{max(v):.3f}" for n, v in _time.runs.items())
+
+
+def opposition_opacus(model, loss_fn, batches, targets, bins: int = 100):
+    """Per-sequence opposition from Opacus's per-sample gradients (``GradSampleModule``, the DP
+    library's hooks): the same accumulator as the other methods, fed ``p.grad_sample``."""
+    from opacus import GradSampleModule
+
+    from harness_plugins.metrics.interference.opposition import OppositionAccumulator
+
+    gsm = GradSampleModule(model, batch_first=True, loss_reduction="sum")
+    acc = OppositionAccumulator({t.name: t.shape for t in targets}, device=targets[0].module.weight.device)
+    params = dict(model.named_parameters())
+    was_training = model.training
+    gsm.train()  # Opacus records activations only in training mode (GPT-NeoX here has no dropout)
+    try:
+        with torch.enable_grad():
+            for batch in batches:
+                gsm.zero_grad(set_to_none=True)
+                loss_fn(batch, gsm).float().sum().backward()
+                for t in targets:
+                    acc.add_examples(t.name, params[t.name].grad_sample.float())
+                acc.n_examples += batch.shape[0]
+    finally:
+        gsm.zero_grad(set_to_none=True)
+        gsm._close()
+        model.train(was_training)
+    return acc.result(bins, "sequence")
 
 
 def _fwd_bwd(model, ck, batches):
@@ -87,13 +127,19 @@ def bench_sequence(names, repeat):
         }
         try:
             import opacus  # noqa: F401
-
-            op = "todo"
         except ImportError:
-            op = "n/a"
+            opacus = None
+        if opacus is not None:
+            fns["opacus"] = lambda: opposition_opacus(model, ck.per_example_loss, batches, targets)
         t = _time(fns, repeat)
         base, hooks, loop, vm = t["base"], t["hooks"], t["loop"], t["vmap"]
+        op = f"{t['opacus'] / base:7.2f}" if opacus is not None else "opacus not installed"
         print(f"{name:8} {n_params / 1e6:7.1f}M {base:10.3f} {loop / base:7.2f} {vm / base:7.2f} {op:>7} {hooks / base:7.2f}")
+        print(f"         min/median/max s: {_spread()}")
+        if opacus is not None:  # same numbers as ours, or the column is not comparable
+            d_ours = opposition(model, ck.per_example_loss, batches, targets, example="sequence").D
+            d_op = opposition_opacus(model, ck.per_example_loss, batches, targets).D
+            print(f"         D hooks {d_ours:.6f}  D opacus {d_op:.6f}  |diff| {abs(d_ours - d_op):.2e}")
 
 
 def bench_token(names, repeat, n_positions):
@@ -114,6 +160,7 @@ def bench_token(names, repeat, n_positions):
         }, repeat)
         base, zsl, ours, r1 = t["base"], t["zsl"], t["ours"], t["r1"]
         print(f"{name:8} {base:10.3f} {zsl / base:18.1f}x {ours / base:6.1f}x {ours / zsl:9.2f} {r1 / base:15.2f}x")
+        print(f"         min/median/max s: {_spread()}")
 
 
 class _PeakRSS:
@@ -145,7 +192,8 @@ class _PeakRSS:
 
 
 def bench_memory(n_positions):
-    print("\n== per-token opposition at sequence length 512, 10M-parameter GPT-NeoX, 2 x 512 tokens ==")
+    print("\n== per-token opposition at sequence length 512, 10M-parameter GPT-NeoX, 2 x 512 tokens "
+          "(one run each: peak memory) ==")
     model, ck, batches = _setup(384, 6, 6, 2048, 2, 512)
     targets, _ = find_targets(model)
     n_params = sum(p.numel() for p in model.parameters())
@@ -175,7 +223,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", choices=["sequence", "token", "memory"], action="append")
     ap.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
-    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--positions", type=int, default=16, help="positions timed in the token/memory sections")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()

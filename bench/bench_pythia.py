@@ -35,7 +35,7 @@ from pathlib import Path
 CHILD = {
     "baseline": """
         import torch
-        from harness_plugins.models.pythia.tensors import WeightFiles
+        from harness.weights import WeightFiles
         t0 = time.perf_counter(); out = {}
     """,
     "from_pretrained": """
@@ -57,7 +57,7 @@ CHILD = {
     """,
     "stream_deltas": """
         import torch
-        from harness_plugins.models.pythia.tensors import WeightFiles, stream_deltas
+        from harness.weights import WeightFiles, stream_deltas
         t0 = time.perf_counter(); out = {}
         cur, prev = WeightFiles.open([B + "/model.safetensors"]), WeightFiles.open([A + "/model.safetensors"])
         for n, d in stream_deltas(cur, prev):

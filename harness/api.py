@@ -79,6 +79,16 @@ class ParameterError(ConfigError):
         return ParameterError(f"{prefix}.{self.key}" if prefix else self.key, self.value, self.allowed)
 
 
+class FieldUnavailable(HarnessError, NotImplementedError):
+    """This checkpoint cannot offer what was asked (a field kind, a split, a tokenizer, a model).
+
+    Not a failure: the runner turns it into a ``skipped`` record carrying the message, whatever
+    the family. Raise it from `Checkpoint` methods (and metrics) for a capability that is absent;
+    raise anything else for input that is broken (an ``error`` record). It is also a
+    `NotImplementedError`, so code written against the earlier contract keeps working.
+    """
+
+
 def check_range(
     key: str,
     value: float,

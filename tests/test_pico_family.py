@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from harness import learning_dynamics as ld
-from harness.api import ParameterError
+from harness.api import FieldUnavailable, ParameterError
 from harness_plugins.models.pico import PicoFamily
 from harness_plugins.models.pico.build import build
 from harness_plugins.models.pico.hub import parse_commit_titles
@@ -152,9 +152,11 @@ def test_last_step_has_no_train_dynamics(family):
 def test_delta_is_difference_of_checkpoints(family, suite):
     refs = sorted((r for r in family.checkpoints() if r.size == "d8"), key=lambda r: r.step)
     cur = family.load(refs[2])
-    with pytest.raises(ValueError, match="no previous"):
+    assert "delta" not in cur.field_kinds()  # listed only when it will yield
+    with pytest.raises(FieldUnavailable, match="first selected checkpoint"):
         list(cur.field("delta"))
     cur.previous = refs[0]
+    assert "delta" in cur.field_kinds()
     prev_model = PicoDecoderForCausalLM.from_pretrained(suite[0] / "pico-mini-d8-1" / "checkpoints" / "step_0")
     prev = dict(prev_model.named_parameters())
     deltas = dict(cur.field("delta"))

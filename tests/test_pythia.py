@@ -22,7 +22,7 @@ from harness.api import ParameterError
 from harness_plugins.models.pythia import PythiaFamily
 from harness_plugins.models.pythia import schedule as S
 from harness_plugins.models.pythia.build import DEFAULTS, build, save_steps
-from harness_plugins.models.pythia.tensors import CheckpointFileError
+from harness.weights import CheckpointFileError
 
 torch.set_num_threads(1)
 

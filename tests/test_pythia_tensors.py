@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 from harness.lm import tiny_gpt_neox
 from harness_plugins.models.pythia import modules as M
 from harness_plugins.models.pythia import schedule as S
-from harness_plugins.models.pythia import tensors as T
+from harness import weights as T
 
 torch.set_num_threads(1)
 

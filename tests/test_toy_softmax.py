@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
-from harness.api import ParameterError
+from harness.api import FieldUnavailable, ParameterError
 from harness_plugins.models.toy_softmax import ToySoftmaxFamily
 from harness_plugins.models.toy_softmax.train import (
     ToyConfig,
@@ -80,8 +82,12 @@ def test_family_checkpoints_fields_and_history(tmp_path):
     l0 = c0.per_example_loss(c0.eval_batches()[0])
     l1 = c1.per_example_loss(c1.eval_batches()[0])
     assert (l0 >= -1e-6).all() and l1.mean() < l0.mean()
-    # delta field = difference of the two students' weights
+    # delta field = difference of the two students' weights; the first checkpoint offers none
+    assert "delta" not in c1.field_kinds()
+    with pytest.raises(FieldUnavailable, match="first selected checkpoint of its run: no delta"):
+        c1.field("delta")
     c1.previous = first
+    assert "delta" in c1.field_kinds()
     (_, delta), = list(c1.field("delta"))
     assert torch.allclose(delta, c1.model.weight - c0.model.weight)
     (_, grad), = list(c1.field("gradient"))
@@ -101,3 +107,20 @@ def test_bad_parameters_name_key(kw, key):
     with pytest.raises(ParameterError) as exc:
         ToySoftmaxFamily(**kw)
     assert exc.value.key == key and exc.value.allowed
+
+
+def test_clamped_exp_leaves_softmax_and_lse_unchanged_on_peaked_logits():
+    """The trainer clamps shifted logits at `exp_floor` (exp's slow path is underflow); against
+    torch's own softmax/logsumexp on teacher-like peaked logits, only sub-``tiny`` entries move."""
+    from harness_plugins.models.toy_softmax.train import _softmax_and_lse, exp_floor
+
+    torch.manual_seed(0)
+    z = torch.randn(4, 64, 128) * 1e3  # temperature 1e-3 logits: most of exp(z - max) underflows
+    p, lse = _softmax_and_lse(z)
+    ref_p, ref_lse = torch.softmax(z, -1), torch.logsumexp(z, -1)
+    tiny = torch.finfo(torch.float32).tiny
+    assert float((ref_p < tiny).float().mean()) > 0.5  # the case the clamp is for
+    assert torch.allclose(lse, ref_lse, rtol=1e-6, atol=0)
+    big = ref_p >= 1e-30  # well above the clamp (exp(exp_floor) = 1.9e-38)
+    assert float((p[~big] - ref_p[~big]).abs().max()) <= 2 * math.exp(exp_floor(torch.float32))
+    assert torch.allclose(p[big], ref_p[big], rtol=1e-5, atol=0)

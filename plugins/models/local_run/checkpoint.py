@@ -4,8 +4,8 @@ Fields (``field(kind, modules)``, globs on tensor names):
 
 * ``weights``: the model's parameters (names as in ``named_parameters``).
 * ``delta``: this checkpoint minus the previous *selected* one (``Checkpoint.previous``),
-  float32, streamed one tensor at a time from the two ``model.safetensors`` files (names as in
-  the files).
+  float32, streamed one tensor pair at a time from the two ``model.safetensors`` files (names as
+  in the files; the core's shared `harness.delta.delta_field`).
 * ``train_gradients`` / ``val_gradients`` (``gradient`` = ``train_gradients``): the raw
   gradients the callback stored (`harness.learning_dynamics` format), named
   ``layers.<i>.<module>``. The final step stores no train gradients (`NotStoredError`).
@@ -26,7 +26,9 @@ import torch
 from harness import learning_dynamics as ld
 from harness.api import CheckpointRef
 from harness.capture import layout as L
+from harness.delta import delta_field, offers_delta
 from harness.lm import CausalLMCheckpoint, select_names
+from harness.weights import WeightFiles
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +52,7 @@ class LocalRunCheckpoint(CausalLMCheckpoint):
         return self._dynamics
 
     def field_kinds(self) -> tuple[str, ...]:
-        kinds = ["weights", "delta"] if self.previous is not None else ["weights"]
+        kinds = ["weights", "delta"] if offers_delta(self) else ["weights"]
         if self.dynamics.has("train", "gradients"):
             kinds += ["gradient", "train_gradients"]
         if self.dynamics.has("val", "gradients"):
@@ -69,27 +71,9 @@ class LocalRunCheckpoint(CausalLMCheckpoint):
         return super().field(kind, modules)
 
     def _delta(self, modules: Sequence[str] | None) -> Iterator[tuple[str, torch.Tensor]]:
-        from safetensors import safe_open
-
-        if self.previous is None:
-            raise NotImplementedError(f"{self.ref.model_id} step {self.ref.step}: first selected checkpoint, no delta")
-        cur_path = self.step_dir / "model.safetensors"
-        prev_path = self._previous_dir(self.previous) / "model.safetensors"
-
-        def gen() -> Iterator[tuple[str, torch.Tensor]]:
-            with safe_open(str(cur_path), framework="pt") as cur, safe_open(str(prev_path), framework="pt") as prev:
-                keys = list(cur.keys())
-                prev_keys = set(prev.keys())
-                for n in select_names(keys, modules):
-                    if n not in prev_keys:
-                        raise KeyError(f"{prev_path}: no tensor {n!r} (previous checkpoint of another architecture?)")
-                    a, b = cur.get_tensor(n), prev.get_tensor(n)
-                    if a.shape != b.shape:
-                        raise ValueError(f"{n}: shape {tuple(b.shape)} at step {self.previous.step}, "
-                                         f"{tuple(a.shape)} at step {self.ref.step}")
-                    yield n, a.float() - b.float()
-
-        return gen()
+        return delta_field(self, lambda: WeightFiles.open([self.step_dir / "model.safetensors"]),
+                           lambda prev: WeightFiles.open([self._previous_dir(prev) / "model.safetensors"]),
+                           select=lambda names: select_names(names, modules))
 
     def optimizer_state(self) -> Mapping[str, Any] | None:
         path = self.step_dir / L.OPTIMIZER

@@ -8,7 +8,8 @@ dynamics and the model's parameter names for ``weights``/``delta``):
   `harness.learning_dynamics`). Each file is read once and shared by every metric.
 * ``gradient``: the generic kind, = ``train_gradients``.
 * ``weights``: the model's parameters; ``delta``: current minus previous selected checkpoint,
-  streamed one tensor at a time from the previous ``model.safetensors``.
+  streamed one tensor pair at a time from the two ``model.safetensors`` files (the core's shared
+  `harness.delta.delta_field`; listed only when there is a previous checkpoint).
 
 A step that stored no ``train`` dynamics (pico-train's last step) raises `NotStoredError`
 ("... not stored at step N") for train kinds, so a metric can skip with that reason.
@@ -25,7 +26,9 @@ import torch
 
 from harness import learning_dynamics as ld
 from harness.api import CheckpointRef
+from harness.delta import delta_field, offers_delta
 from harness.lm import CausalLMCheckpoint, select_names
+from harness.weights import WeightFiles
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +44,7 @@ class PicoCheckpoint(CausalLMCheckpoint):
         dynamics: Callable[[], ld.StepDynamics],
         performance: Callable[[], dict[str, float]],
         previous_weights: Callable[[CheckpointRef], Path],
+        weights_file: Path | None = None,
         **kw: Any,
     ):
         super().__init__(ref, model, **kw)
@@ -48,6 +52,7 @@ class PicoCheckpoint(CausalLMCheckpoint):
         self._dynamics: ld.StepDynamics | None = None
         self._performance = performance
         self._previous_weights = previous_weights
+        self._weights_file = weights_file
         self.previous: CheckpointRef | None = None  # set by the runner
 
     @property
@@ -63,7 +68,7 @@ class PicoCheckpoint(CausalLMCheckpoint):
         return self._performance()
 
     def field_kinds(self) -> tuple[str, ...]:
-        return ("weights", "delta", "gradient", *LD_KINDS)
+        return ("weights", *(("delta",) if offers_delta(self) else ()), "gradient", *LD_KINDS)
 
     def field(self, kind: str, modules: Sequence[str] | None = None) -> Iterator[tuple[str, torch.Tensor]]:
         if kind == "gradient":
@@ -78,27 +83,12 @@ class PicoCheckpoint(CausalLMCheckpoint):
         return super().field(kind, modules)
 
     def _delta(self, modules: Sequence[str] | None) -> Iterator[tuple[str, torch.Tensor]]:
-        from safetensors import safe_open
-
-        if self.previous is None:
-            raise ValueError(f"{self.ref.model_id} step {self.ref.step}: no previous selected checkpoint for 'delta'")
-        path = self._previous_weights(self.previous)
-        params = dict(self.model.named_parameters())
-        names = select_names(list(params), modules)
-
-        def gen() -> Iterator[tuple[str, torch.Tensor]]:
-            with safe_open(str(path), framework="pt") as f:
-                keys = set(f.keys())
-                for n in names:
-                    if n not in keys:
-                        raise KeyError(f"{path}: no tensor {n!r} (previous checkpoint of another architecture?)")
-                    prev = f.get_tensor(n)
-                    cur = params[n].detach()
-                    if prev.shape != cur.shape:
-                        raise ValueError(f"{path}: {n} has shape {tuple(prev.shape)}, current {tuple(cur.shape)}")
-                    yield n, cur.float() - prev.to(cur.device).float()
-
-        return gen()
+        if self._weights_file is None:
+            raise RuntimeError(f"{self.ref.model_id} step {self.ref.step}: checkpoint built without its weights file")
+        params = set(dict(self.model.named_parameters()))  # the file's non-parameter entries stay out
+        return delta_field(self, lambda: WeightFiles.open([self._weights_file]),
+                           lambda prev: WeightFiles.open([self._previous_weights(prev)]),
+                           select=lambda names: select_names([n for n in names if n in params], modules))
 
     def close(self) -> None:
         if self._dynamics is not None:

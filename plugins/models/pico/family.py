@@ -172,6 +172,7 @@ class PicoFamily(ModelFamily):
         return PicoCheckpoint(
             ref, model, dynamics=dynamics, performance=lambda: run.eval_results(ref.step),
             previous_weights=lambda prev: self.run(prev.model_id).step_dir(prev.step) / "model.safetensors",
+            weights_file=step_dir / "model.safetensors",
             splits={k: v.batches for k, v in batches.items()},
             data_source=batches["val"].fingerprint, device=self.device, tokenizer=tokenizer,
         )

@@ -6,7 +6,7 @@ kind or glob, see `modules`):
 
 * ``weights``: read tensor by tensor from the checkpoint's files, in the model's dtype.
 * ``delta``: ``this - previous`` in float32, streamed from the two files with peak memory about
-  one tensor (`tensors.stream_deltas`). ``previous`` is the previous *selected* checkpoint of
+  one tensor (the core's shared `harness.delta.delta_field`). ``previous`` is the previous *selected* checkpoint of
   the same run: the runner sets ``checkpoint.previous`` (a CheckpointRef); the family also
   fills it from the last checkpoint of that run it loaded. ``field_meta("delta")`` gives
   ``from_step``, ``to_step`` and ``step_gap``.
@@ -30,7 +30,8 @@ from harness.api import CheckpointRef
 from harness.lm import CausalLMCheckpoint, per_token_loss
 
 from . import modules as M
-from .tensors import CheckpointFileError, WeightFiles, stream_deltas
+from harness.delta import delta_field, delta_meta, offers_delta
+from harness.weights import CheckpointFileError, WeightFiles
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +72,7 @@ class PythiaCheckpoint(CausalLMCheckpoint):
     # -- fields -------------------------------------------------------------------------
     def field_kinds(self) -> tuple[str, ...]:
         kinds = ["weights"]
-        if self.previous is not None:
+        if offers_delta(self):
             kinds.append("delta")
         if self._stored_gradients is not None or self.probe is not None:
             kinds.append("gradient")
@@ -79,9 +80,8 @@ class PythiaCheckpoint(CausalLMCheckpoint):
 
     def field_meta(self, kind: str) -> dict[str, Any]:
         """Facts about the last produced field of ``kind`` (step gap, probe fingerprint)."""
-        if kind == "delta" and self.previous is not None:
-            return {"from_step": self.previous.step, "to_step": self.ref.step,
-                    "step_gap": self.ref.step - self.previous.step}
+        if kind == "delta" and offers_delta(self):
+            return delta_meta(self)
         return dict(self._meta.get(kind, {}))
 
     def _plan(self, shapes: dict[str, tuple[int, ...]], modules: Sequence[str] | str | None) -> list[M.Pick]:
@@ -105,18 +105,19 @@ class PythiaCheckpoint(CausalLMCheckpoint):
             yield pick.name, pick.apply(self.weights.read(pick.source, self.dtype))
 
     def _delta(self, modules) -> Iterator[tuple[str, torch.Tensor]]:
-        if self.previous is None:
-            raise NotImplementedError(
-                f"{self.ref.model_id}@{self.ref.label} is the first selected checkpoint of its run: no delta")
-        prev = self._previous_weights(self.previous)
         shapes = {n: e.shape for n, e in self.weights.entries.items()}
-        picks = self._plan(shapes, modules)
         by_source: dict[str, list[M.Pick]] = {}
-        for p in picks:
-            by_source.setdefault(p.source, []).append(p)
-        for name, d in stream_deltas(self.weights, prev, list(by_source)):
-            for pick in by_source[name]:
-                yield pick.name, pick.apply(d)
+        if self.previous is not None:  # else delta_field says why there is no delta
+            for p in self._plan(shapes, modules):
+                by_source.setdefault(p.source, []).append(p)
+        deltas = delta_field(self, self.weights, self._previous_weights, list(by_source))
+
+        def picked() -> Iterator[tuple[str, torch.Tensor]]:
+            for name, d in deltas:
+                for pick in by_source[name]:
+                    yield pick.name, pick.apply(d)
+
+        return picked()
 
     def _gradient(self, modules) -> Iterator[tuple[str, torch.Tensor]]:
         if self._stored_gradients is not None:

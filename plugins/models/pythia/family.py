@@ -214,7 +214,7 @@ class PythiaFamily(ModelFamily):
                     "lr_fn": lambda s, z=size: S.learning_rate(z, s)}
         n_params = None
         try:
-            from .tensors import WeightFiles
+            from harness.weights import WeightFiles
 
             n_params = WeightFiles.open(self._source.weight_files(model_id, steps[-1])).n_params()
         except Exception as e:  # noqa: BLE001 (listing must not fail on one broken file)
@@ -229,7 +229,7 @@ class PythiaFamily(ModelFamily):
 
         from .checkpoint import PythiaCheckpoint, read_probe
         from .source import PROBE_GRADIENTS, PROBE_JSON
-        from .tensors import CheckpointFileError, WeightFiles
+        from harness.weights import CheckpointFileError, WeightFiles
 
         src = self._get_source()
         model_dir = src.model_dir(ref.model_id, ref.step)

@@ -17,7 +17,7 @@ import os
 import re
 from pathlib import Path
 
-from .tensors import CheckpointFileError
+from harness.weights import CheckpointFileError
 
 logger = logging.getLogger(__name__)
 

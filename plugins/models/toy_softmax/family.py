@@ -15,7 +15,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from harness.api import Checkpoint, CheckpointRef, ModelFamily, check_choice, check_range
+from harness.delta import delta_field, offers_delta
 from harness.lm import select_names
+from harness.weights import TensorWeights
 from harness_plugins.models.toy_softmax.train import ToyConfig, TrainResult, checkpoint_steps, rms_normalise, train
 
 logger = logging.getLogger(__name__)
@@ -225,7 +227,7 @@ class ToySoftmaxCheckpoint(Checkpoint):
 
     # -- fields ---------------------------------------------------------------------------
     def field_kinds(self) -> tuple[str, ...]:
-        return ("weights", "delta", "gradient")
+        return ("weights", "delta", "gradient") if offers_delta(self) else ("weights", "gradient")
 
     def field(self, kind: str, modules: Sequence[str] | None = None) -> Iterator[tuple[str, torch.Tensor]]:
         if not select_names([self.WEIGHT], modules):
@@ -233,12 +235,9 @@ class ToySoftmaxCheckpoint(Checkpoint):
         weight = self._model.weight.detach()
         if kind == "weights":
             return iter([(self.WEIGHT, weight)])
-        if kind == "delta":
-            if self.previous is None:
-                raise ValueError(f"{self.ref.model_id} step {self.ref.step}: no previous selected checkpoint for 'delta'")
-            j = self.previous.meta["ckpt_index"]
-            prev = self.family.result.student[self.index, j]
-            return iter([(self.WEIGHT, weight - prev)])
+        if kind == "delta":  # the shared delta field over the in-memory trajectory
+            return delta_field(self, TensorWeights({self.WEIGHT: weight}), lambda prev: TensorWeights(
+                {self.WEIGHT: self.family.result.student[self.index, prev.meta["ckpt_index"]]}))
         if kind == "gradient":
             w = self._model.weight.detach().clone().requires_grad_(True)
             batch = self.eval_batches("val")[0]

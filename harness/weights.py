@@ -1,5 +1,8 @@
-"""Streamed, validated reads of safetensors checkpoints: one tensor at a time, and deltas of two
-checkpoints with peak memory near ONE full tensor.
+"""The one streaming weight reader: safetensors checkpoints read one tensor at a time, and
+deltas of two checkpoints with peak memory near ONE full tensor. Every family that stores
+weights in safetensors (pythia, pico, local_run) reads them through `WeightFiles`; a family
+whose checkpoints live in memory (toy_softmax) wraps them in `TensorWeights`; the shared
+``delta`` field (`harness.delta`) runs `stream_deltas` over either.
 
     weights = WeightFiles.open(["ckpt_b/model.safetensors"])      # header only
     for name, d in stream_deltas(WeightFiles.open([b]), WeightFiles.open([a])):
@@ -12,6 +15,8 @@ mapped pages it touches count in the process RSS until the file is closed: strea
 into the current one, so the peak is one tensor plus a small chunk buffer. The file format is
 tiny (8-byte little-endian header length, JSON header, raw little-endian data) and every header
 is validated against the file size first, so a truncated or corrupt file gives a clear error.
+
+Imports torch: plugins import this module, never ``import harness``.
 """
 
 from __future__ import annotations
@@ -198,6 +203,32 @@ class TorchBinWeights(WeightFiles):
         flat, src = out.view(-1), self._tensors[name].reshape(-1)
         for lo in range(0, src.numel(), CHUNK_ELEMS):
             flat[lo:lo + CHUNK_ELEMS] -= src[lo:lo + CHUNK_ELEMS].to(out.dtype)
+
+
+class TensorWeights(WeightFiles):
+    """The same interface over tensors already in memory (a family that keeps its checkpoints
+    as tensors, e.g. toy_softmax's trajectory): ``read`` returns a private copy."""
+
+    def __init__(self, tensors: dict[str, torch.Tensor], label: str = "<memory>"):
+        path = Path(label)
+        entries = {n: TensorEntry(n, path, t.dtype, tuple(t.shape), -1, t.numel() * t.element_size())
+                   for n, t in tensors.items()}
+        super().__init__(entries, [path])
+        self._tensors = dict(tensors)
+
+    def read(self, name: str, dtype: torch.dtype | None = None) -> torch.Tensor:
+        t = self._tensors[name].detach()
+        return t.to(dtype or t.dtype, copy=True)
+
+    def subtract_into(self, name: str, out: torch.Tensor) -> None:
+        out.sub_(self._tensors[name].detach().reshape(out.shape).to(out.dtype))
+
+    def sha256(self) -> str:
+        h = hashlib.sha256()
+        for n in sorted(self._tensors):
+            h.update(n.encode())
+            h.update(self._tensors[n].detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        return h.hexdigest()
 
 
 def _read_exact(f, offset: int, out: torch.Tensor, path: Path, name: str) -> None:
