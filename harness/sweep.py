@@ -5,7 +5,8 @@ of ``python -m harness -m ...``. This module adds what a sweep needs on top of t
 
 * ``check_launcher``: ``hydra/launcher=ray`` without the launcher package installed fails at once
   with the package to install, instead of a Hydra stack trace after composing.
-* ``check_results_root``: an unwritable or full results root fails before any work starts.
+* (an unwritable or full results root fails before any work starts: `harness.app.check_composed`
+  calls `harness.store.check_writable` on the composed ``results_dir``, the one check.)
 * ``write_job_status``: each multirun job writes ``<job dir>/job_status.json`` (exit code,
   counts, message) instead of exiting the process, so one failing job never stops the sweep.
 * ``SweepSummary``: a Hydra callback (added by ``python -m harness -m``) that, once every job has
@@ -81,19 +82,6 @@ def check_launcher(argv: list[str]) -> None:
         raise HarnessError(
             f"hydra/launcher={name} needs the {dist} package, which is not installed: pip install {dist}"
         )
-
-
-def check_results_root(argv: list[str]) -> None:
-    """Refuse to start when a literal ``results_dir=PATH`` (or the default) cannot be written.
-
-    Creates nothing; the check itself is `harness.store.check_writable` (the one place).
-    """
-    from harness.store import check_writable
-
-    value = _override_value(argv, "results_dir") or "results"
-    if "${" in value:
-        return
-    check_writable(Path(value), MIN_FREE_BYTES, create=False)
 
 
 def write_job_status(job_dir: Path, code: int, *, summary: Any = None, message: str | None = None) -> None:
