@@ -63,6 +63,8 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class Summary:
+    """Counts of one job: records by status, units run / already done / left to another process."""
+
     ok: int = 0
     skipped: int = 0
     error: int = 0
