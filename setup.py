@@ -17,5 +17,6 @@ for name, directory in ROOMS.items():
 packages.append("harness.conf")
 # Hydra finds plugins in the ``hydra_plugins`` namespace package (no __init__.py there).
 packages.append("hydra_plugins.harness_searchpath")
+packages.append("hydra_plugins.harness_ray_launcher")
 
 setup(packages=packages, package_dir=package_dir)

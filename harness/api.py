@@ -45,6 +45,7 @@ __all__ = [
     "Measurement",
     "Metric",
     "ModelFamily",
+    "PERFORMANCE_KINDS",
     "PairContext",
     "ParameterError",
     "Scope",
@@ -263,6 +264,12 @@ class ModelFamily:
         """Load one checkpoint. Raise on broken input: the runner records the error and goes on."""
         raise NotImplementedError
 
+    def scores(self, refs: Sequence[CheckpointRef]) -> Any:
+        """Published downstream scores for these checkpoints, as a `harness.scores.ScoreTable`
+        (its ``label`` becomes the records' metric, e.g. ``published``), or None. The runner joins
+        them as performance records before any metric runs."""
+        return None
+
     def history(self, model_id: str) -> pd.DataFrame | None:
         """The training log of one run (columns: step, loss, and when known learning_rate,
         tokens_seen, plus family-specific columns), or None when there is none."""
@@ -274,6 +281,11 @@ class ModelFamily:
 
 
 # ---- metrics --------------------------------------------------------------------------
+
+#: kinds of performance measure, in the order the leaderboard prefers them for its default
+#: ranking: ``primary`` (the headline score a source marks), ``score`` (a downstream task score),
+#: ``loss`` (held-out loss or perplexity)
+PERFORMANCE_KINDS = ("primary", "score", "loss")
 
 
 @dataclass
@@ -302,6 +314,10 @@ class Measurement:
     message: str | None = None
     warning: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    #: this number is a *performance measure* (what relation tables relate observables to and
+    #: the leaderboard ranks by): one of `PERFORMANCE_KINDS`, or None. Left None, the metric's
+    #: ``performance`` declaration decides (see `Metric.performance_kind`)
+    performance: str | None = None
 
     @classmethod
     def skipped(cls, measure: str, reason: str, **kw: Any) -> Measurement:
@@ -372,6 +388,23 @@ class Metric:
     scopes: ClassVar[tuple[Scope, ...]] = (Scope.CHECKPOINT,)
     #: metrics whose records this one reads (trajectory/suite scope); the runner orders by it
     reads: ClassVar[tuple[str, ...]] = ()
+    #: which of this metric's measures are performance measures: ``{measure glob: kind}`` with
+    #: kind in `PERFORMANCE_KINDS` (e.g. ``{"loss": "loss"}``, ``{"*": "score"}``); carried into
+    #: every record's ``performance`` column, so reports never name a metric to find them
+    performance: ClassVar[Mapping[str, str]] = {}
+
+    @classmethod
+    def performance_kind(cls, measurement: Measurement) -> str | None:
+        """The performance kind of one measurement: its own ``performance`` field if set, else
+        the first matching glob of the class declaration, else None (an observable)."""
+        if measurement.performance is not None:
+            return measurement.performance
+        import fnmatch
+
+        for pattern, kind in cls.performance.items():
+            if fnmatch.fnmatchcase(measurement.measure, pattern):
+                return kind
+        return None
 
     def __init__(self, **params: Any):
         self.params = params

@@ -244,6 +244,7 @@ def run_from_config(cfg: Any) -> int:
         report=bool(plain.get("report", True)) and not multirun,
         scopes=plain.get("scopes"),
         check_finite=bool(plain.get("check_finite", True)),
+        scores=_as_paths(plain.get("scores")),
     )
     if not spec.metrics:
         raise HarnessError("no metric selected: choose one with metric=NAME or 'metric=[a,b]'")
@@ -259,6 +260,13 @@ def run_from_config(cfg: Any) -> int:
     return code
 
 
+def _as_paths(value: Any) -> list[str]:
+    """The ``scores`` key: null, one path, or a list of paths."""
+    if value in (None, "", []):
+        return []
+    return [str(value)] if isinstance(value, (str, Path)) else [str(v) for v in value]
+
+
 def main() -> None:
     """``python -m harness``: checks, then hands the command line to Hydra.
 
@@ -267,6 +275,7 @@ def main() -> None:
     `harness.sweep.SweepSummary` prints one line over all jobs and sets the exit code.
     """
     argv = sys.argv[1:]
+    sweep.add_checkout_plugins()  # before composing: the search-path and launcher plugins must be visible
     try:
         check_group_choices(argv)
         sweep.check_launcher(argv)

@@ -6,6 +6,7 @@
     harness show RUN             the run manifest as a tree
     harness report RUN...        tables and plots from stored records
     harness compare A B          differences between two runs
+    harness forecast [backtest] RUN...   final performance from early checkpoints (docs/forecast.md)
 
 Subcommands other packages add: ``harness.report.add_commands(subparsers)``.
 """
@@ -80,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
         report = None  # type: ignore[assignment]
     if report is not None and hasattr(report, "add_commands"):
         report.add_commands(sub)
+    from harness.forecast.cli import add_commands as add_forecast
+
+    add_forecast(sub)
     return parser
 
 

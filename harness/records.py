@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -70,6 +70,7 @@ RECORD_COLUMNS = (
     "n",
     "unit",
     "higher_is_better",
+    "performance",
     "status",
     "message",
     "warning",
@@ -164,6 +165,8 @@ class RowSource:
     metric_config_hash: str
     plugin_dist: str | None = None
     plugin_version: str | None = None
+    #: the metric's ``performance_kind(measurement)``: which performance measure a row is, if any
+    performance_kind: Callable[[Any], Any] | None = None
 
 
 def measurement_rows(
@@ -221,6 +224,8 @@ def measurement_rows(
             "n": meas.n,
             "unit": meas.unit,
             "higher_is_better": meas.higher_is_better,
+            "performance": (source.performance_kind(meas) if source.performance_kind and meas.status == "ok"
+                            else None),
             "status": meas.status,
             "message": meas.message,
             "warning": meas.warning or (meta.get("warning") if base else None),

@@ -42,7 +42,7 @@ from harness.api import (
 )
 from harness.guards import FiniteFields, NonFiniteFieldError, guard_fields  # noqa: F401 (re-exported)
 from harness.progress import make_progress
-from harness.provenance import config_hash, git_state, stable_id
+from harness.provenance import config_hash, git_state, package_versions, stable_id
 from harness.claims import CLAIMS_DIR, Claims
 from harness.records import MixedConfigurationError, RowSource, measurement_rows, one_configuration
 from harness.registry import (  # noqa: F401 (re-exported: building plugins moved to the registry)
@@ -74,6 +74,8 @@ class Summary:
     units_claimed: int = 0
     run_dir: Path | None = None
     errors: list[str] = field(default_factory=list)
+    #: one line per joined score source (matched/unmatched counts), shown after the summary
+    notes: list[str] = field(default_factory=list)
 
     def add(self, rows: Iterable[dict[str, Any]]) -> None:
         for r in rows:
@@ -88,7 +90,7 @@ class Summary:
         return (
             f"{self.ok} ok, {self.skipped} skipped, {self.error} error records "
             f"({self.units_run} units run{resumed}) -> {self.run_dir}"
-        )
+        ) + "".join(f"; {n}" for n in self.notes)
 
 
 @dataclass
@@ -116,6 +118,8 @@ class RunSpec:
     scopes: list[str] | None = None
     #: raise on NaN/Inf in any tensor a metric reads through ``Checkpoint.field``
     check_finite: bool = True
+    #: score files (CSV/JSONL, W&B export) joined to the checkpoints as performance records
+    scores: list[str] = field(default_factory=list)
 
 
 class FamilyUnavailable(HarnessError):
@@ -185,7 +189,7 @@ class Runner:
             name: RowSource(
                 provenance=self.provenance, family=self.family.name, metric=name, metric_version=m.version,
                 metric_config_hash=self.metric_hashes[name], plugin_dist=metric_registry().info(name).dist,
-                plugin_version=metric_registry().info(name).version,
+                plugin_version=metric_registry().info(name).version, performance_kind=m.performance_kind,
             )
             for name, m in self.metrics.items()
         }
@@ -341,6 +345,7 @@ class Runner:
             suite_metrics)
         with store.RecordWriter(writer_path) as writer, make_progress(self.spec.progress) as progress, \
                 contextlib.closing(_ReleaseAll(self.claims)):
+            self._score_phase(writer, refs, all_refs, done)
             task = progress.add_task(f"{self.family.name}", total=max(n_tasks, 1))
             for model_id, model_refs in by_model.items():
                 for ref in model_refs:
@@ -441,6 +446,30 @@ class Runner:
                                load_time=load_time, data_fingerprint=fingerprint)
         finally:
             ckpt.close()
+
+    def _score_phase(self, writer: store.RecordWriter, refs: list[CheckpointRef], offered: list[CheckpointRef],
+                     done: set[str]) -> None:
+        """Published scores of the family and the user's score files -> performance records."""
+        from harness import scores
+
+        tables = []
+        published = self.family.scores(refs)
+        if published is not None:
+            tables.append(published)
+        tables += [scores.read_score_file(p) for p in self.spec.scores]
+        for table in tables:
+            joined, report = scores.match(table, refs, offered)
+            self.summary.notes.append(report.line())
+            base = {**self.provenance, "plugin_version": None, "versions": package_versions()}
+
+            def uid(ref: CheckpointRef, label: str = table.label, fp: str = table.fingerprint) -> str:
+                return stable_id(self.family.name, self.model_hash, ref.model_id, ref.step, label, fp, self.spec.seed)
+
+            for rows in scores.score_rows(table, joined, base=base, unit_id_of=uid):
+                if rows[0]["unit_id"] in done:
+                    self.summary.units_skipped += 1
+                    continue
+                self._emit(writer, rows)
 
     def _trajectory_phase(self, writer: store.RecordWriter, model_id: str, refs: list[CheckpointRef],
                           metrics: list[str], done: set[str]) -> None:

@@ -62,6 +62,22 @@ def results_table(frame: Any, max_columns: int = 8) -> Any:
     return table
 
 
+def end_of_run_tables(frame: Any) -> list[Any]:
+    """What the end of a run prints: the ranking leaderboard(s) (one row per model), else the
+    final-checkpoint results table when there is nothing to rank."""
+    try:
+        from harness.report.ranking import rankings
+        from harness.report.writers import rich_table
+
+        boards = [b for b in rankings(frame) if not b.empty]
+    except Exception as exc:  # noqa: BLE001 (the summary must not lose the run)
+        logger.warning("leaderboard failed: %s", exc)
+        boards = []
+    if not boards:
+        return [results_table(frame)]
+    return [rich_table(b) for b in boards]
+
+
 def finish_run(spec: Any, summary: Any) -> None:
     from rich.console import Console
 
@@ -85,7 +101,8 @@ def finish_run(spec: Any, summary: Any) -> None:
             except Exception as exc:  # noqa: BLE001 (a report failure must not lose the run)
                 logger.warning("report failed: %s", exc)
     if frame is not None and spec.job is None:
-        console.print(results_table(frame))
+        for table in end_of_run_tables(frame):
+            console.print(table)
     for err in summary.errors[:5]:
         console.print(f"[red]error[/red] {err}", highlight=False)
     extra = f"; report: {written[0].parent}" if written else ""

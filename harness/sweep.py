@@ -11,8 +11,8 @@ of ``python -m harness -m ...``. This module adds what a sweep needs on top of t
   counts, message) instead of exiting the process, so one failing job never stops the sweep.
 * ``SweepSummary``: a Hydra callback (added by ``python -m harness -m``) that, once every job has
   finished, consolidates the records of the whole sweep into one Parquet file, prints one line
-  over all jobs and sets the process exit code (2 if a job had a user error, 1 if any record
-  is an error, else 0).
+  over all jobs and sets the process exit code (the largest of the jobs': 3 if a job's process
+  died under the Ray launcher, 2 if a job had a user error, 1 if any record is an error, else 0).
 
 Example::
 
@@ -68,11 +68,20 @@ def check_launcher(argv: list[str]) -> None:
         text = (resources.files("harness.conf") / "hydra" / "launcher" / f"{name}.yaml").read_text()
     except (FileNotFoundError, NotADirectoryError, ModuleNotFoundError):
         return  # not one of ours: Hydra resolves (or rejects) it
+    # a preset whose _target_ is the harness's own class names the plugin it needs in a
+    # `# requires: MODULE (INSTALL)` line; otherwise the package is the _target_'s
+    requires = next((line.split(":", 1)[1].strip() for line in text.splitlines()
+                     if line.startswith("# requires:")), None)
     target = next((line.split(":", 1)[1].strip().strip("'\"") for line in text.splitlines()
                    if line.strip().startswith("_target_:")), None)
-    if not target:
+    if not target and not requires:
         return
-    package = ".".join(target.split(".")[:2])  # hydra_plugins.hydra_<x>_launcher
+    install = None
+    if requires:
+        package, _, install = requires.partition(" ")
+        install = install.strip("() ") or None
+    else:
+        package = ".".join(target.split(".")[:2])  # hydra_plugins.hydra_<x>_launcher
     try:
         found = importlib.util.find_spec(package) is not None
     except ModuleNotFoundError:
@@ -80,8 +89,38 @@ def check_launcher(argv: list[str]) -> None:
     if not found:
         dist = package.split(".")[-1].replace("_", "-")
         raise HarnessError(
-            f"hydra/launcher={name} needs the {dist} package, which is not installed: pip install {dist}"
+            f"hydra/launcher={name} needs the {dist} package, which is not installed: pip install {install or dist}"
         )
+
+
+def add_checkout_plugins() -> None:
+    """Let Hydra find this checkout's ``hydra_plugins/`` from any working directory.
+
+    Hydra discovers plugins by walking the ``hydra_plugins`` namespace with pkgutil, which cannot
+    see into an editable install's import hook: run from outside the checkout, the harness's own
+    Hydra plugins (search path, Ray launcher) were missing. A regular install puts them in
+    site-packages, where this is a no-op.
+    """
+    try:
+        import hydra_plugins
+    except ImportError:  # pragma: no cover (hydra-core always ships the namespace's plugins)
+        return
+    mine = str(Path(__file__).resolve().parent.parent / "hydra_plugins")
+    if os.path.isdir(mine) and mine not in list(hydra_plugins.__path__):
+        hydra_plugins.__path__.append(mine)
+
+
+def gpus_for(device: Any) -> int:
+    """GPUs a job asks its launcher for: 1 for ``device=cuda`` / ``cuda:N``, else 0 (the ``ray`` preset)."""
+    return 1 if str(device).startswith("cuda") else 0
+
+
+try:  # ${harness.gpus:${device}} in conf/hydra/launcher/ray.yaml; omegaconf comes with the CLI
+    from omegaconf import OmegaConf as _OmegaConf
+
+    _OmegaConf.register_new_resolver("harness.gpus", gpus_for, replace=True)
+except ImportError:  # pragma: no cover
+    pass
 
 
 def write_job_status(job_dir: Path, code: int, *, summary: Any = None, message: str | None = None) -> None:

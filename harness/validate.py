@@ -54,6 +54,7 @@ RUN_SETTINGS: dict[str, Setting] = {
     "trusted_targets": Setting((list,), "extra _target_s allowed besides registered plugins"),
     "scopes": Setting((str, list), "all, or a subset of [checkpoint, pair, trajectory, suite]"),
     "check_finite": Setting((bool,), "a NaN/Inf in a tensor field becomes an error record"),
+    "scores": Setting((str, list), "score file(s) joined as performance records", nullable=True),
 }
 
 

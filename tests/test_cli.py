@@ -27,7 +27,8 @@ def test_default_run_writes_records_and_table(tmp_path):
     assert set(frame["metric"]) == {"loss", "time_scaling"}
     assert (frame["status"] == "ok").all(), frame[frame["status"] != "ok"][["metric", "message"]]
     assert frame["record_id"].is_unique
-    assert "results" in res.stdout and "harness:" in res.stdout and "0 error records" in res.stdout
+    assert "leaderboard" in res.stdout and "rank" in res.stdout  # the ranking first, one row per model
+    assert "harness:" in res.stdout and "0 error records" in res.stdout
     manifest = json.loads((run / "run.json").read_text())
     assert manifest["summary"]["error"] == 0 and manifest["plugins"]["model"]["name"] == "toy_softmax"
 

@@ -13,6 +13,7 @@ import os
 
 import pandas as pd
 import pytest
+import yaml
 
 from conftest import TINY_TOY, run_harness
 from harness import store
@@ -93,7 +94,7 @@ def test_launcher_presets_compose_and_missing_ray_is_a_clear_error(tmp_path):
         res = run_harness(f"hydra/launcher={preset}", f"results_dir={tmp_path}", "--cfg", "hydra",
                           "--package", "hydra.launcher")
         if preset == "ray" and res.returncode == 2:
-            assert "pip install hydra-ray-launcher" in res.stderr and "Traceback" not in res.stderr
+            assert "pip install 'harness[ray]'" in res.stderr and "Traceback" not in res.stderr
             continue
         assert res.returncode == 0, res.stderr[-2000:]
         assert target in res.stdout
@@ -104,3 +105,64 @@ def test_bad_scopes_value_is_a_parameter_error(tmp_path):
     assert res.returncode == 2
     assert "scopes=" in res.stderr and "checkpoint, pair, trajectory, suite" in res.stderr
     assert "Traceback" not in res.stderr
+
+
+def _slurm_script(tmp_path, monkeypatch, *overrides: str) -> tuple[object, str]:
+    """The sbatch script hydra-submitit-launcher would submit for the `submitit_slurm` preset.
+
+    SLURM cannot run here, so the two cluster touch points are cut: submitit's "is srun on PATH"
+    check, and the submission itself (`map_array`, which calls sbatch). Everything before them
+    is the real code: Hydra composes and validates the preset, the launcher maps its fields to
+    submitit parameters (submitit rejects unknown ones), submitit writes the script.
+    """
+    import submitit
+    from hydra import compose, initialize_config_module
+    from hydra.core.hydra_config import HydraConfig
+    from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher
+
+    class Submitted(Exception):
+        pass
+
+    def submit(self, *args, **kwargs):
+        raise Submitted(self)
+
+    monkeypatch.setattr(submitit.SlurmExecutor, "affinity", classmethod(lambda cls: 2))
+    monkeypatch.setattr(submitit.AutoExecutor, "map_array", submit)
+    with initialize_config_module(config_module="harness.conf", version_base="1.3"):
+        cfg = compose("config", overrides=["hydra/launcher=submitit_slurm", f"results_dir={tmp_path}", "run_name=slurm",
+                                           *overrides], return_hydra_config=True)
+        HydraConfig.instance().set_config(cfg)
+        launcher = SlurmLauncher(**{k: v for k, v in cfg.hydra.launcher.items() if k != "_target_"})
+        launcher.config = cfg
+        with pytest.raises(Submitted) as got:
+            launcher.launch([["checkpoints.shard=0/2"], ["checkpoints.shard=1/2"]], 0)
+    executor = got.value.args[0]
+    return executor, executor._executor._make_submission_file_text("python -m harness", "uid")
+
+
+def test_submitit_slurm_preset_generates_the_sbatch_script(tmp_path, monkeypatch):
+    executor, script = _slurm_script(tmp_path, monkeypatch, "hydra.launcher.partition=gpu",
+                                     "hydra.launcher.setup=[module load cuda/12.4]")
+    for line in ("--time=240", "--gpus-per-node=1", "--cpus-per-task=8", "--mem=64GB", "--ntasks-per-node=1",
+                 "--nodes=1", "--partition=gpu", "--signal=USR2@120", "--job-name=harness",
+                 f"--output={tmp_path}/slurm/.submitit/%j/%j_0_log.out"):
+        assert f"#SBATCH {line}\n" in script, (line, script)
+    assert "module load cuda/12.4\n" in script and script.rstrip().endswith("python -m harness")
+    assert executor._executor.max_num_timeout == 3  # requeue on timeout (safe: jobs resume)
+    assert executor._executor.parameters["array_parallelism"] == 64
+
+
+def test_submitit_slurm_preset_field_typo_fails_at_compose(tmp_path, monkeypatch):
+    from hydra.errors import ConfigCompositionException
+
+    with pytest.raises(ConfigCompositionException, match="partiton"):
+        _slurm_script(tmp_path, monkeypatch, "hydra.launcher.partiton=gpu")
+
+
+def test_ray_preset_asks_for_a_gpu_when_the_job_runs_on_cuda(tmp_path):
+    for device, gpus in [("cpu", 0), ("cuda", 1), ("cuda:1", 1)]:
+        res = run_harness("hydra/launcher=ray", f"device={device}", f"results_dir={tmp_path}", "--cfg", "all",
+                          "--resolve")
+        assert res.returncode == 0, res.stderr[-2000:]
+        remote = yaml.safe_load(res.stdout)["hydra"]["launcher"]["ray"]["remote"]
+        assert remote == {"num_cpus": 1, "num_gpus": gpus, "memory": 4 << 30, "max_retries": 0}

@@ -8,7 +8,8 @@ import pytest
 from scipy import stats
 
 from harness.records import normalise
-from harness.report.tables import leaderboard, relation
+from harness.report.tables import relation
+from harness.report.tables import trajectories as leaderboard
 from harness.store import to_frame
 
 SIZES = [("70m", 7e7), ("160m", 1.6e8), ("410m", 4.1e8)]
@@ -30,9 +31,10 @@ def make_frame(seed: int = 0, noise: float = 0.05, run_id: str = "run1", obs_fn=
                         metric_config_hash="mc1", model_config_hash="mo1", status="ok", scope="checkpoint",
                         seed=0, metric_version="1", versions={"torch": "2.1", "harness": "0.1"})
             rows.append(normalise({**base, "metric": "loss", "measure": "loss", "higher_is_better": False,
+                                   "performance": "loss",
                                    "value": 6 - 0.35 * ls - 0.4 * m + rng.normal(0, noise)}))
             rows.append(normalise({**base, "metric": "lm_eval", "measure": "acc", "task": "pydoc_mc",
-                                   "higher_is_better": True, "stderr": 0.02, "n": 397,
+                                   "higher_is_better": True, "stderr": 0.02, "n": 397, "performance": "score",
                                    "value": 0.25 + 0.02 * ls + 0.04 * m + rng.normal(0, noise)}))
             rows.append(normalise({**base, "metric": "obs", "measure": "tracks",
                                    "value": obs_fn(ls) + rng.normal(0, 0.3)}))
@@ -47,7 +49,7 @@ def test_leaderboard_layout_arrows_and_stderr():
     lb = leaderboard(f)
     d = lb.display
     assert list(d.columns[:5]) == ["family", "size", "model_id", "checkpoint", "step"]
-    assert list(d.columns[5:]) == ["pydoc_mc/acc ↑", "loss.loss ↓", "obs.tracks"]  # downstream first
+    assert list(d.columns[5:]) == ["pydoc_mc/acc ↑", "loss.loss ↓", "obs.tracks"]  # declared scores, losses, rest
     assert len(d) == len(SIZES) * len(STEPS)  # per-layer and skipped records are not rows
     assert list(d["size"].drop_duplicates()) == ["70m", "160m", "410m"]  # parameter order
     first = d[d["model_id"] == "toy-70m"]

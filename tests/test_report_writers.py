@@ -12,7 +12,7 @@ import pytest
 from harness.api import Metric
 from harness.registry import metrics
 from harness.report import write_report, write_run_report
-from harness.report.tables import leaderboard
+from harness.report.tables import trajectories
 from harness.report.writers import rich_table, to_markdown
 from test_report_compare import _write_run
 from test_report_tables import make_frame
@@ -22,13 +22,16 @@ def test_run_report_files_deterministic_and_loadable(tmp_path):
     f = make_frame()
     files = write_run_report(tmp_path / "r1", f)
     names = sorted(p.name for p in files)
-    assert names == sorted(["leaderboard.md", "leaderboard.csv", "leaderboard.parquet", "relation.md", "relation.csv",
-                            "relation.parquet", "status.md", "status.csv", "status.parquet", "report.html"])
+    tables = ("leaderboard", "relation", "trajectories", "status")
+    assert names == sorted([f"{t}.{x}" for t in tables for x in ("md", "csv", "parquet")] + ["report.html"])
     write_run_report(tmp_path / "r2", f.sample(frac=1.0, random_state=0))  # shuffled input
-    for name in ("leaderboard.md", "leaderboard.csv", "relation.csv", "status.md"):
+    for name in ("leaderboard.md", "leaderboard.csv", "trajectories.md", "trajectories.csv", "relation.csv",
+                 "status.md"):
         assert (tmp_path / "r1/report" / name).read_bytes() == (tmp_path / "r2/report" / name).read_bytes(), name
-    back = pd.read_parquet(tmp_path / "r1/report/leaderboard.parquet")
+    back = pd.read_parquet(tmp_path / "r1/report/trajectories.parquet")
     assert back.shape[0] == 24 and "pydoc_mc/acc stderr" in back.columns
+    board = pd.read_parquet(tmp_path / "r1/report/leaderboard.parquet")
+    assert board.shape[0] == 3 and list(board["rank"]) == [1, 2, 3]  # one row per model
     csv = pd.read_csv(tmp_path / "r1/report/relation.csv")
     assert {"spearman", "kendall", "partial_r", "perm_p", "q_bh"} <= set(csv.columns)
 
@@ -55,9 +58,9 @@ def test_never_raises_on_empty_or_partial(tmp_path, frame):
 
 
 def test_markdown_and_rich_render():
-    lb = leaderboard(make_frame())
+    lb = trajectories(make_frame())
     md = to_markdown(lb)
-    assert md.startswith("## leaderboard") and "| 0.2" in md and "- runs: run1" in md
+    assert md.startswith("## trajectories") and "| 0.2" in md and "- runs: run1" in md
     from rich.console import Console
 
     con = Console(record=True, width=250)
@@ -104,12 +107,13 @@ def test_report_cli(tmp_path, capsys):
                  "--n-perm", "50", "--measures", "lm_eval:*"]) == 0
     text = capsys.readouterr().out
     assert "pydoc_mc/acc ↑" in text and "relation" in text
+    assert text.index("leaderboard") < text.index("relation") < text.index("trajectories")  # ranking first
     assert (out / "leaderboard.md").exists() and not (out / "report.html").exists()
     assert main(["report", str(tmp_path / "nope")]) == 2
 
 
 def test_write_report_custom_performance(tmp_path):
     _, tables = write_report(make_frame(), tmp_path, formats=("csv",), performance=["obs:*"], n_boot=0, n_perm=0)
-    rel = tables[1].data
+    rel = next(t for t in tables if t.name == "relation").data
     assert set(rel["performance"]) == {"obs.tracks"}
     assert json.loads(json.dumps(list(rel["observable"])))[0] == "log(tokens_seen)"

@@ -22,20 +22,27 @@ if TYPE_CHECKING:  # pragma: no cover
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["add_commands", "compare", "leaderboard", "relation", "write_report", "write_run_report"]
+__all__ = ["add_commands", "compare", "leaderboard", "relation", "trajectories", "write_report", "write_run_report"]
 
 
-def leaderboard(frame: pd.DataFrame, measures=None, **kw: Any):
-    from harness.report.tables import leaderboard as _lb
+def leaderboard(frame: pd.DataFrame, **kw: Any):
+    """The ranking leaderboard: one row per model (see `harness.report.ranking`)."""
+    from harness.report.ranking import leaderboard as _lb
 
-    return _lb(frame, measures, **kw)
+    return _lb(frame, **kw)
+
+
+def trajectories(frame: pd.DataFrame, measures=None, **kw: Any):
+    """The per-checkpoint long table (every checkpoint of every run)."""
+    from harness.report.tables import trajectories as _tr
+
+    return _tr(frame, measures, **kw)
 
 
 def relation(frame: pd.DataFrame, performance=None, **kw: Any):
-    from harness.report.tables import DEFAULT_PERFORMANCE
     from harness.report.tables import relation as _rel
 
-    return _rel(frame, performance or DEFAULT_PERFORMANCE, **kw)
+    return _rel(frame, performance, **kw)
 
 
 def compare(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
@@ -85,16 +92,21 @@ def _is_report_dir(path: Path) -> bool:
 
 def _write_files(frame: pd.DataFrame, out_dir: Path, *, formats: tuple[str, ...] = ("md", "csv", "parquet", "html"),
                  title: str = "harness report", measures=None, performance=None,
-                 n_boot: int = 1000, n_perm: int = 1000, plots: bool = True) -> tuple[list[Path], list[Any]]:
-    """Write every table (and the HTML page) into the fresh directory ``out_dir``.
+                 n_boot: int = 1000, n_perm: int = 1000, plots: bool = True, rank_by: str | None = None,
+                 at: str = "final") -> tuple[list[Path], list[Any]]:
+    """Write every table (and the HTML page) into the fresh directory ``out_dir``; returns (files, tables).
+
+    Order: the ranking leaderboard(s) first, then the relation tables, the per-checkpoint
+    trajectories, the record status.
 
     Robust by design: a section that fails is logged and named in the HTML, never raised, so
     a report over partial or odd records still says what it can.
     """
     from harness.report import html as H
     from harness.report import plots as P
-    from harness.report.tables import DEFAULT_PERFORMANCE, Table
-    from harness.report.tables import leaderboard as _lb
+    from harness.report.ranking import rankings
+    from harness.report.tables import Table
+    from harness.report.tables import trajectories as _tr
     from harness.report.tables import relation as _rel
     from harness.report.writers import write_table
 
@@ -117,12 +129,16 @@ def _write_files(frame: pd.DataFrame, out_dir: Path, *, formats: tuple[str, ...]
         return Table(name, pd.DataFrame(), pd.DataFrame(), note="failed; see the log")
 
     frame = frame if frame is not None else pd.DataFrame()
+    boards = safe("leaderboard", lambda: rankings(frame, rank_by=rank_by, at=at, performance=performance),
+                  [failed("leaderboard")])
     tables = [
-        safe("leaderboard", lambda: _lb(frame, measures), failed("leaderboard")),
-        safe("relation", lambda: _rel(frame, performance or DEFAULT_PERFORMANCE, n_boot=n_boot, n_perm=n_perm),
+        *boards,
+        safe("relation", lambda: _rel(frame, performance, n_boot=n_boot, n_perm=n_perm),
              failed("relation")),
+        safe("trajectories", lambda: _tr(frame, measures), failed("trajectories")),
         safe("status", lambda: H.status_table(frame), failed("status")),
     ]
+    rel_table = next(t for t in tables if t.name == "relation")
     for t in tables:
         files += safe(f"writing {t.name}", lambda t=t: write_table(t, out_dir, formats), [])
     if "html" in formats:
@@ -134,7 +150,7 @@ def _write_files(frame: pd.DataFrame, out_dir: Path, *, formats: tuple[str, ...]
                 ("loss curves", safe("loss curves", lambda: P.loss_curves(frame, fig_dir), [])),
                 ("metric figures", safe("metric figures", lambda: P.plugin_plots(frame, fig_dir), [])),
                 ("finite size (log-log)", safe("finite size", lambda: P.finite_size(frame, fig_dir), [])),
-                ("observable vs performance", safe("scatter", lambda: P.scatter(frame, tables[1].data, fig_dir), [])),
+                ("observable vs performance", safe("scatter", lambda: P.scatter(frame, rel_table.data, fig_dir), [])),
             ]
         page = H.render(title, [(t.name, t) for t in tables], figs, notes)
         path = out_dir / "report.html"

@@ -37,7 +37,10 @@ def add_commands(subparsers) -> None:
     rep.add_argument("--out", type=Path, default=None, help="output directory for files (default: <first run>/report)")
     rep.add_argument("--measures", nargs="*", default=None, help="leaderboard columns, globs metric:measure[:task]")
     rep.add_argument("--performance", nargs="*", default=None,
-                     help="performance measures for the relation table (default: lm_eval:* loss:loss)")
+                     help="performance measures, globs metric:measure[:task] (default: those the metrics declare)")
+    rep.add_argument("--rank-by", default=None, help="leaderboard ranking measure, a glob metric:measure[:task] "
+                     "(default: the first declared performance measure)")
+    rep.add_argument("--at", default="final", help="leaderboard row per model at: final | best | step=N")
     rep.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for CIs")
     rep.add_argument("--n-perm", type=int, default=1000, help="block permutations for p-values")
     rep.set_defaults(func=run_report)
@@ -84,7 +87,7 @@ def run_report(args) -> int:
     files, tables = report.write_report(
         frame, out, formats=file_formats, title=f"harness report: {', '.join(map(str, args.runs))}",
         measures=args.measures, performance=args.performance, n_boot=args.n_boot, n_perm=args.n_perm,
-        plots="html" in file_formats,
+        plots="html" in file_formats, rank_by=args.rank_by, at=args.at,
     )
     if "terminal" in args.format:
         con = _console()

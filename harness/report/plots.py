@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from harness.report.tables import model_level, series_label
+from harness.report.tables import model_level, performance_series, series_label
 
 logger = logging.getLogger(__name__)
 
@@ -108,7 +108,8 @@ def finite_size(frame: pd.DataFrame, out_dir: Path) -> list[Path]:
         return []
     f = f.assign(task=f["task"].fillna(""))
     groups = [(k, g) for k, g in f.groupby(["metric", "measure", "task"], sort=True) if g["n_params"].nunique() >= 2]
-    groups.sort(key=lambda kg: (kg[0][0] != "lm_eval" and kg[0][1] != "loss", kg[0]))
+    perf = {s: i for i, s in enumerate(performance_series(frame))}  # performance measures first
+    groups.sort(key=lambda kg: (perf.get(kg[0], len(perf)), kg[0]))
     panels = []
     for key, g in groups:
         shared = [s for s, gs in g.groupby("step", sort=True) if gs["n_params"].nunique() >= 2]

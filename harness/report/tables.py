@@ -1,13 +1,16 @@
-"""Tables derived from records: the leaderboard and the relation table (pure functions).
+"""Tables derived from records: the per-checkpoint trajectories and the checkpoint-level
+relation table (pure functions). The ranking leaderboard is `harness.report.ranking`, the step-
+and model-level relations `harness.report.levels`.
 
     >>> frame = harness.load_results("results/run1")
-    >>> lb = leaderboard(frame)              # Table: .values/.stderr (numeric), .display (strings)
-    >>> rel = relation(frame, performance=("lm_eval:*",))
+    >>> tr = trajectories(frame)            # Table: .data (numeric), .display (strings)
+    >>> rel = relation(frame)                # performance = the measures metrics declared
 
 Records follow harness/records.py. A *series* is one (metric, measure, task) at model level
-(``layer`` empty); it becomes a leaderboard column and a relation-table observable or
-performance measure. Selectors are globs ``metric:measure[:task]`` (``lm_eval:*``,
-``loss:loss``, ``*:acc:pydoc_mc``).
+(``layer`` empty); it becomes a column and a relation-table observable or performance measure.
+Which series are *performance* is declared by the metric that produced them (the records'
+``performance`` column); ``performance=[...]`` selectors override it. Selectors are globs
+``metric:measure[:task]`` (``loss:loss``, ``*:acc:pydoc_mc``).
 """
 
 from __future__ import annotations
@@ -27,8 +30,6 @@ logger = logging.getLogger(__name__)
 
 ROW_KEYS = ["family", "size", "model_id", "checkpoint", "step"]
 SERIES_KEYS = ["metric", "measure", "task"]
-#: default "performance" measures for the relation table: downstream scores and held-out loss
-DEFAULT_PERFORMANCE = ("lm_eval:*", "loss:loss")
 ARROWS = {True: "↑", False: "↓"}
 
 
@@ -69,6 +70,39 @@ def matches(metric: str, measure: str, task: str | None, patterns: Sequence[str]
     return False
 
 
+def _kind_order(kind) -> int:
+    from harness.api import PERFORMANCE_KINDS
+
+    return PERFORMANCE_KINDS.index(kind) if kind in PERFORMANCE_KINDS else len(PERFORMANCE_KINDS)
+
+
+def performance_series(frame: pd.DataFrame, selectors: Sequence[str] | None = None) -> list[tuple[str, str, str]]:
+    """The performance series among ``frame``'s model-level records, best kind first.
+
+    With ``selectors`` (globs ``metric:measure[:task]``) exactly the matching series; without,
+    those whose records a metric declared as performance (``performance`` column): ``primary``
+    first, then ``score`` (downstream task scores), then ``loss``; by name within a kind.
+    """
+    f = model_level(frame)
+    if f.empty:
+        return []
+    task = f["task"].fillna("")
+    kinds = f["performance"] if "performance" in f else pd.Series(None, index=f.index, dtype=object)
+    keyed = pd.DataFrame({"metric": f["metric"], "measure": f["measure"], "task": task, "kind": kinds})
+    keyed["kind"] = keyed["kind"].where(keyed["kind"].map(lambda k: isinstance(k, str)), None)
+    first_kind = keyed.groupby(["metric", "measure", "task"])["kind"].agg(
+        lambda k: min(k.dropna(), key=_kind_order) if k.notna().any() else "")
+    out = []
+    for (metric, measure, t), kind in first_kind.items():
+        kind = kind if isinstance(kind, str) and kind else None
+        if selectors:
+            if matches(metric, measure, t, selectors):
+                out.append(((_kind_order(kind)), (metric, measure, t)))
+        elif kind is not None:
+            out.append((_kind_order(kind), (metric, measure, t)))
+    return [s for _, s in sorted(out)]
+
+
 def fmt_value(v: float | None, se: float | None = None) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return ""
@@ -85,6 +119,11 @@ def model_level(frame: pd.DataFrame) -> pd.DataFrame:
     f = frame[(frame["status"] == "ok") & frame["layer"].isna() & frame["step"].notna() & frame["model_id"].notna()]
     f = f[f["value"].notna()]
     return f
+
+
+def _flagged(warning) -> bool:
+    """A record whose metric flagged its value (warning ``flagged: ...``, e.g. no power law)."""
+    return isinstance(warning, str) and warning.lower().startswith("flagged")
 
 
 def _latest(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
@@ -117,14 +156,15 @@ def provenance_footer(frame: pd.DataFrame) -> list[str]:
     return lines
 
 
-# ---- leaderboard -------------------------------------------------------------------------
+# ---- trajectories (the per-checkpoint long table) ----------------------------------------
 
 
-def leaderboard(frame: pd.DataFrame, measures: Sequence[str] | None = None, max_columns: int = 40) -> Table:
+def trajectories(frame: pd.DataFrame, measures: Sequence[str] | None = None, max_columns: int = 40) -> Table:
     """Rows family x size x model_id x checkpoint ordered by step; a column per series.
 
-    ``measures`` are selectors (default: every model-level series, at most ``max_columns``,
-    downstream scores first). Headers carry ↑/↓ from higher_is_better; cells ``value ± stderr``.
+    The long view of every checkpoint (the ranking leaderboard is the short one). ``measures``
+    are selectors (default: every model-level series, at most ``max_columns``, performance
+    measures first). Headers carry ↑/↓ from higher_is_better; cells ``value ± stderr``.
     """
     footer = provenance_footer(frame)
     f = model_level(frame)
@@ -133,21 +173,22 @@ def leaderboard(frame: pd.DataFrame, measures: Sequence[str] | None = None, max_
             f" ({len(frame)} records: " + ", ".join(f"{k} {v}" for k, v in frame["status"].value_counts().items()) + ")"
             if not frame.empty else " (no records)"
         )
-        return Table("leaderboard", pd.DataFrame(), pd.DataFrame(), footer, note=why)
+        return Table("trajectories", pd.DataFrame(), pd.DataFrame(), footer, note=why)
     f = f.copy()
     f["task"] = f["task"].fillna("")
     series = f[SERIES_KEYS].drop_duplicates().sort_values(SERIES_KEYS, kind="mergesort")
     series = [tuple(r) for r in series.itertuples(index=False)]
     if measures:
         series = [s for s in series if matches(*s, patterns=measures)]
-    else:  # downstream scores first, then the rest, in name order
-        series.sort(key=lambda s: (s[0] != "lm_eval", s))
+    else:  # performance measures first (declared kind order), then the rest, in name order
+        perf = {s: i for i, s in enumerate(performance_series(frame))}
+        series.sort(key=lambda s: (perf.get(s, len(perf)), s))
     note = None
     if len(series) > max_columns:
         note = f"showing {max_columns} of {len(series)} series; choose with measures=[...]"
         series = series[:max_columns]
     if not series:
-        return Table("leaderboard", pd.DataFrame(), pd.DataFrame(), footer,
+        return Table("trajectories", pd.DataFrame(), pd.DataFrame(), footer,
                      note=f"no series matches {list(measures or [])}")
     keep = pd.MultiIndex.from_tuples(series, names=SERIES_KEYS)
     f = f[pd.MultiIndex.from_frame(f[SERIES_KEYS]).isin(keep)]
@@ -163,6 +204,7 @@ def leaderboard(frame: pd.DataFrame, measures: Sequence[str] | None = None, max_
     keyed = f.set_index(ROW_KEYS + SERIES_KEYS)
     values = keyed["value"].unstack(SERIES_KEYS).reindex(index=idx, columns=keep)
     errs = keyed["stderr"].unstack(SERIES_KEYS).reindex(index=idx, columns=keep)
+    flags = keyed["warning"].map(_flagged).unstack(SERIES_KEYS).reindex(index=idx, columns=keep).fillna(False)
     hib = f.groupby(SERIES_KEYS)["higher_is_better"].agg(lambda s: s.dropna().iloc[-1] if s.notna().any() else None)
     labels = []
     for s in series:
@@ -178,9 +220,12 @@ def leaderboard(frame: pd.DataFrame, measures: Sequence[str] | None = None, max_
         data[series_label(*s)] = v
         if np.isfinite(e.astype(float)).any():
             data[series_label(*s) + " stderr"] = e
-        disp[lab] = [fmt_value(a, b if np.isfinite(b) else None) for a, b in zip(v.astype(float), e.astype(float))]
+        fl = flags.iloc[:, j].to_numpy(bool)
+        disp[lab] = ["flagged" if g else fmt_value(a, b if np.isfinite(b) else None)
+                     for a, b, g in zip(v.astype(float), e.astype(float), fl)]
+        data.loc[fl, series_label(*s)] = np.nan
     data["step"] = data["step"].astype("Int64")
-    return Table("leaderboard", data, disp, footer, note=note)
+    return Table("trajectories", data, disp, footer, note=note)
 
 
 # ---- relation ----------------------------------------------------------------------------
@@ -193,6 +238,7 @@ def _points(frame: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame()
     f["task"] = f["task"].fillna("")
     f = _latest(f, ["family", "model_id", "step"] + SERIES_KEYS)
+    f = f[~f["warning"].map(_flagged)]  # a value its metric flagged is not a data point
     f["series"] = list(zip(f["metric"], f["measure"], f["task"]))
     wide = f.pivot_table(index=["family", "model_id", "step"], columns="series", values="value", aggfunc="last")
     meta = f.groupby(["family", "model_id", "step"]).agg(
@@ -221,7 +267,7 @@ def _covariates(pts: pd.DataFrame) -> np.ndarray:
 
 def relation(
     frame: pd.DataFrame,
-    performance: Sequence[str] = DEFAULT_PERFORMANCE,
+    performance: Sequence[str] | None = None,
     observables: Sequence[str] | None = None,
     *,
     n_boot: int = 1000,
@@ -242,11 +288,15 @@ def relation(
                      note="no ok model-level records at checkpoints")
     rows = []
     all_series = [c for c in pts_all.columns if isinstance(c, tuple)]
-    perf = [s for s in all_series if matches(*s, patterns=performance)]
+    declared = set(performance_series(frame, performance))
+    perf = [s for s in all_series if s in declared]
     obs = [s for s in all_series if s not in perf and (observables is None or matches(*s, patterns=observables))]
     if not perf:
+        why = (f"selectors: {', '.join(performance)}" if performance else
+               "no metric in these records declares a performance measure; run one (e.g. loss or a downstream "
+               "score) beside the observables, or choose with performance=[metric:measure[:task]]")
         return Table("relation", pd.DataFrame(columns=empty_cols), pd.DataFrame(), footer,
-                     note=f"no performance measure among the records (selectors: {', '.join(performance)})")
+                     note=f"no performance measure among the records ({why})")
     for family, pts in pts_all.groupby("family", sort=True):
         pts = pts.sort_values(["model_id", "step"], kind="mergesort").reset_index(drop=True)
         tokens = pts["tokens_seen"].to_numpy(float)

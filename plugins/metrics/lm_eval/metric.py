@@ -12,6 +12,9 @@ Why it is fast: `HFLM` wraps the model object the runner already loaded (no seco
 download), and the `TaskManager` indexes only our offline task directory unless a requested
 task is not in it; the ~6 s index of lm-eval's built-in tasks then happens at most once per
 process (both managers are cached).
+Over a trajectory, tasks, documents, prompts, requests and tokenisations are built once per run
+(per tokenizer) and each further checkpoint only runs the forward passes and lm-eval's scoring,
+with scores identical to ``simple_evaluate`` (`harness_plugins.metrics.lm_eval.prepared`).
 """
 
 from __future__ import annotations
@@ -176,6 +179,7 @@ class LmEvalMetric(Metric):
     name = "lm_eval"
     version = "1"
     scopes = (Scope.CHECKPOINT,)
+    performance = {"*": "score"}  # every task score is a downstream performance measure
 
     def __init__(
         self,
@@ -256,31 +260,29 @@ class LmEvalMetric(Metric):
         }
 
     def evaluate(self, model: Any, tokenizer: Any) -> dict[str, Any]:
-        """Run ``simple_evaluate`` on an in-memory model + tokenizer; returns lm-eval's dict."""
-        from lm_eval import simple_evaluate
-        from lm_eval.models.huggingface import HFLM
+        """lm-eval on an in-memory model + tokenizer; returns lm-eval's results dict.
+
+        Tasks, documents, prompts, requests and tokenisations are built once per run (per
+        tokenizer) and reused by every checkpoint (`prepared.PreparedTasks`); the scores are
+        those of ``simple_evaluate`` on the same model (asserted in tests/test_lm_eval.py).
+        """
+        from harness_plugins.metrics.lm_eval.prepared import PreparedTasks
 
         tm = manager_for(self.tasks, self.include_paths_for_run())
         kw: dict[str, Any] = {}
         if self.max_length is not None:
             kw["max_length"] = self.max_length
-        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=self.batch_size, **kw)
         with preserved_global_rng():
-            out = self._simple_evaluate(simple_evaluate, lm, tm)
-        if out is None:  # only non-zero ranks under multi-process evaluation
-            raise RuntimeError("lm-eval returned no results (non-primary rank?)")
+            cached = getattr(self, "_prepared", None)
+            if cached is None or cached[0] is not tm:
+                cached = self._prepared = (tm, PreparedTasks(tm, self.tasks, num_fewshot=self.num_fewshot,
+                                                             limit=self.limit))
+            prepared = cached[1]
+            lm = prepared.lm(model, tokenizer, batch_size=self.batch_size, **kw)
+            out = prepared.evaluate(lm, bootstrap_iters=self.bootstrap_iters, log_samples=self.log_samples)
+        out["config"] = {"model": getattr(getattr(model, "config", None), "_name_or_path", type(model).__name__),
+                         **self.settings(), "tasks_prepared_once_s": round(prepared.prepare_s, 3)}
         return out
-
-    def _simple_evaluate(self, simple_evaluate: Any, lm: Any, tm: Any) -> Any:
-        return simple_evaluate(
-            model=lm,
-            tasks=list(self.tasks),
-            num_fewshot=self.num_fewshot,
-            limit=self.limit,
-            bootstrap_iters=self.bootstrap_iters,
-            log_samples=self.log_samples,
-            task_manager=tm,
-        )
 
     # ---- the metric ---------------------------------------------------------------------
     def measure(self, ctx: CheckpointContext) -> Iterator[Measurement]:

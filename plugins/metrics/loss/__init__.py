@@ -15,6 +15,7 @@ class LossMetric(Metric):
     name = "loss"
     version = "1"
     scopes = (Scope.CHECKPOINT,)
+    performance = {"loss": "loss", "perplexity": "loss"}
 
     def __init__(self, split: str = "val", max_batches: int | None = None):
         super().__init__(split=split, max_batches=max_batches)

@@ -105,12 +105,17 @@ class TimeScalingMetric(Metric):
             yield Measurement.skipped("alpha", fit.reason or "fit failed", n=fit.n, extra=extra)
             return
         extra["rsle"] = fit.rsle
-        yield Measurement("alpha", fit.params["alpha"], stderr=fit.stderr["alpha"], n=fit.n, extra=extra)
-        yield Measurement("L0", fit.params["L0"], stderr=fit.stderr["L0"], n=fit.n)
-        yield Measurement("c", fit.params["c"], stderr=fit.stderr["c"], n=fit.n)
+        slopes = local_slopes(tau[sel], loss[sel], fit.params["L0"], self.window_decades)
+        drop = float(loss[sel].min() / loss[np.isfinite(loss) & (loss > 0)][0])
+        verdict, why = self._power_law_verdict(fit.rsle, [w["slope"] for w in slopes], drop)
+        # the fitted parameters of a curve that is no power law are not results: flagged, so
+        # tables show "flagged (no power law ...)" instead of a number
+        flag = None if verdict else f"flagged: no power law: {why}"
+        yield Measurement("alpha", fit.params["alpha"], stderr=fit.stderr["alpha"], n=fit.n, extra=extra, warning=flag)
+        yield Measurement("L0", fit.params["L0"], stderr=fit.stderr["L0"], n=fit.n, warning=flag)
+        yield Measurement("c", fit.params["c"], stderr=fit.stderr["c"], n=fit.n, warning=flag)
         yield Measurement("fit_rsle", fit.rsle, n=fit.n)
 
-        slopes = local_slopes(tau[sel], loss[sel], fit.params["L0"], self.window_decades)
         for w in slopes:
             centre = math.sqrt(w["tau_lo"] * w["tau_hi"])
             step_at = int(round(float(np.interp(math.log(centre), np.log(tau[sel]), steps[sel]))))
@@ -124,8 +129,6 @@ class TimeScalingMetric(Metric):
                 yield Measurement("logit_scale_exponent", slope, stderr=err, n=int(ok.sum()),
                                   extra={"expected": "about +1/3 in the peaked regime"})
 
-        drop = float(loss[sel].min() / loss[np.isfinite(loss) & (loss > 0)][0])
-        verdict, why = self._power_law_verdict(fit.rsle, [w["slope"] for w in slopes], drop)
         yield Measurement("power_law", float(verdict), n=fit.n, message=why,
                           warning=None if verdict else f"no power law: {why}",
                           extra={"local_slopes": [w["slope"] for w in slopes]})

@@ -4,6 +4,12 @@ layout, or the locally built ``pythia_mini`` suite.
     python -m harness model=pythia model.size=160m model.deduped=true checkpoints=log_spaced metric=loss
     python -m harness model=pythia model.source=local model.root=/data/pythia metric=loss
     python -m harness model=pythia model.source=mini metric=loss          # offline: builds the mini suite
+    python -m harness model=pythia model.source=published metric=time_scaling   # offline, no weights
+
+Published scores (`published`): checkpoints of the standard ``EleutherAI/pythia-<size>`` models
+whose step has numbers in the lm-eval results EleutherAI published get them joined as
+performance records with metric ``published`` (``model.published.join=false`` turns it off).
+``source=published`` serves exactly those published steps as weightless checkpoints.
 
 One code path: a source (`source.HubSource` / `source.LocalSource`) resolves a checkpoint to
 local files (config, safetensors, tokenizer); the model is built with the transformers GPT-NeoX
@@ -43,7 +49,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 logger = logging.getLogger(__name__)
 
-SOURCES = ("hub", "local", "mini")
+SOURCES = ("hub", "local", "mini", "published")
 DTYPES = ("float32", "float16", "bfloat16")
 #: the data a Pythia checkpoint is evaluated on unless ``data=`` names another preset
 DEFAULT_DATA = {"name": "pydoc"}
@@ -70,6 +76,9 @@ class PythiaFamily(ModelFamily):
         verify_hash: hash local weights by content (one extra read per checkpoint).
         hf_cache_dir: Hugging Face cache directory (default: HF_HOME's).
         mini: parameters for the ``pythia_mini`` builder (``source=mini``).
+        published: the published lm-eval scores: ``join`` (bool, default true: join them to
+            standard Pythia checkpoints), ``tasks`` (list of task globs or ``all``), ``primary``
+            (``task/metric`` the leaderboard ranks by default).
     """
 
     name = "pythia"
@@ -89,6 +98,7 @@ class PythiaFamily(ModelFamily):
         verify_hash: bool = True,
         hf_cache_dir: str | None = None,
         mini: Mapping[str, Any] | None = None,
+        published: Mapping[str, Any] | None = None,
         *,
         data: Mapping[str, Any] | None = None,
         workdir: str | None = None,
@@ -106,6 +116,17 @@ class PythiaFamily(ModelFamily):
                 check_choice("size", s, list(S.SIZES))
                 if self.deduped and not S.SIZES[s].deduped:
                     raise ParameterError("deduped", deduped, f"false for size {s} (no -deduped variant)")
+        if source == "published":
+            from . import published as P
+
+            sizes = sizes or list(P.SIZES)
+            for s in sizes:
+                check_choice("size", s, list(P.SIZES))
+            if self.deduped:
+                raise ParameterError("deduped", deduped, "false with source=published (only the standard "
+                                     "models' scores are published)")
+            self.has_weights = False  # the published numbers only: checkpoint metrics are skipped
+        self.published = self._published_params(published)
         self.sizes = sizes
         if source == "local":
             if not root or not Path(str(root)).expanduser().is_dir():
@@ -133,6 +154,34 @@ class PythiaFamily(ModelFamily):
         self._tokenizers: dict[str, Any] = {}
         self._tok_keys: dict[str, str] = {}
 
+    @staticmethod
+    def _published_params(published: Mapping[str, Any] | None) -> dict[str, Any]:
+        from . import published as P
+
+        cfg = {"join": True, "tasks": list(P.DEFAULT_TASKS), "primary": P.DEFAULT_PRIMARY, **dict(published or {})}
+        unknown = sorted(set(cfg) - {"join", "tasks", "primary"})
+        if unknown:
+            raise ParameterError(f"published.{unknown[0]}", cfg[unknown[0]], "one of the keys join, tasks, primary")
+        tasks = cfg["tasks"]
+        if tasks != "all" and (isinstance(tasks, str) or not tasks):
+            tasks = [tasks] if isinstance(tasks, str) and tasks else None
+            if not tasks:
+                raise ParameterError("published.tasks", cfg["tasks"], "a list of task names/globs or 'all'")
+        cfg["tasks"] = tasks if tasks == "all" else list(tasks)
+        cfg["join"] = bool(cfg["join"])
+        return cfg
+
+    def scores(self, refs: Sequence[CheckpointRef]):
+        """The published zero-shot scores of these refs (see the module docstring), or None."""
+        from . import published as P
+
+        if self.source_kind != "published" and not self.published["join"]:
+            return None
+        series_of = ({r.model_id: P.series_model(r.size)[0] for r in refs}
+                     if self.source_kind == "published" else None)
+        return P.score_table(refs, tasks=self.published["tasks"], primary=self.published["primary"],
+                             series_of=series_of)
+
     # -- sources --------------------------------------------------------------------------
     def prepare(self) -> None:
         """Build (or reuse) the mini suite for ``source=mini``; otherwise nothing."""
@@ -141,6 +190,8 @@ class PythiaFamily(ModelFamily):
     def _get_source(self):
         if self._source is not None:
             return self._source
+        if self.source_kind == "published":
+            return None
         from .source import HubSource, LocalSource
 
         if self.source_kind == "hub":
@@ -161,6 +212,18 @@ class PythiaFamily(ModelFamily):
     def checkpoints(self) -> list[CheckpointRef]:
         src = self._get_source()
         refs: list[CheckpointRef] = []
+        if self.source_kind == "published":
+            from . import published as P
+
+            for size in self.sizes:
+                name, variant = P.series_model(size)
+                model_id = f"EleutherAI/{name}"
+                for step in self._keep(P.published_steps(size)):
+                    ref = self._ref(model_id, size, step, S.tokens_seen(step), S.learning_rate(size, step),
+                                    S.n_params(size))
+                    ref.meta["variant"] = variant
+                    refs.append(ref)
+            return refs
         if src.kind == "hub":
             for size in self.sizes:
                 model_id = S.repo_id(size, self.deduped)
@@ -225,6 +288,11 @@ class PythiaFamily(ModelFamily):
     def load(self, ref: CheckpointRef) -> PythiaCheckpoint:
         """Load one checkpoint; raises `CheckpointFileError` (naming file and cause) on a missing
         revision, a truncated/corrupt file or weights that do not fit the config."""
+        if self.source_kind == "published":
+            from harness.api import HarnessError
+
+            raise HarnessError(f"pythia source=published has no weights ({ref.model_id} {ref.label}): "
+                               "only the published scores; use source=hub or local for checkpoint metrics")
         import torch
 
         from .checkpoint import PythiaCheckpoint, read_probe
@@ -355,6 +423,16 @@ class PythiaFamily(ModelFamily):
     def history(self, model_id: str) -> pd.DataFrame | None:
         """The training log of a built run (``train_log.jsonl``: step, loss, learning_rate,
         tokens_seen); None for Hub checkpoints (public Pythia ships no per-step log)."""
+        if self.source_kind == "published":
+            from . import published as P
+
+            refs = [r for r in self.checkpoints() if r.model_id == model_id]
+            if not refs:
+                return None
+            log = P.history(P.series_model(refs[0].size)[0], self.published["tasks"])
+            log["tokens_seen"] = [S.tokens_seen(s) for s in log["step"]]
+            log["learning_rate"] = [S.learning_rate(refs[0].size, s) for s in log["step"]]
+            return log
         src = self._get_source()
         if src.kind == "hub":
             return None
@@ -374,7 +452,14 @@ class PythiaFamily(ModelFamily):
             "weights_sha": {m: {f"step{s}": h for s, h in sorted(v.items())} for m, v in self._hashes.items()},
             "duplicate_weights": list(self.duplicates),
             "missing_revisions": {m: [f"step{s}" for s in v] for m, v in self.missing.items()},
+            "published": {**self.published, **_published_describe()},
         }
+
+
+def _published_describe() -> dict[str, Any]:
+    from . import published as P
+
+    return P.describe()
 
 
 def _step_of(r: int | str) -> int:

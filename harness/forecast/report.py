@@ -1,0 +1,66 @@
+"""Backtest tables for people: rich tables for the terminal and one Markdown file."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+COLUMNS = [("mae", "MAE"), ("rmse", "RMSE"), ("mae_se", "MAE/se"), ("coverage", "coverage"),
+           ("width", "mean width"), ("spearman", "Spearman"), ("n", "n"), ("n_skipped", "skipped")]
+
+
+def _f(v, digits=3) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return ""
+    if isinstance(v, (int,)) or (isinstance(v, float) and v.is_integer() and abs(v) >= 1):
+        return str(int(v))
+    return f"{v:.{digits}f}" if abs(v) < 10 else f"{v:.1f}"
+
+
+def overall_frame(bt) -> pd.DataFrame:
+    s = bt.summary[bt.summary["series"] == "all"].copy()
+    rows = []
+    for _, r in s.iterrows():
+        rows.append({"method": r["method"], "cutoff": f"{r['cutoff']:g}",
+                     **{label: _f(r[k]) for k, label in COLUMNS}})
+    return pd.DataFrame(rows)
+
+
+def per_series_frame(bt, cutoff: float) -> pd.DataFrame:
+    s = bt.summary[(bt.summary["cutoff"] == cutoff)]
+    mae = s.pivot_table(index="series", columns="method", values="mae", sort=False)
+    se = s.pivot_table(index="series", columns="method", values="mae_se", sort=False)
+    methods = list(dict.fromkeys(s["method"]))
+    order = [x for x in mae.index if x != "all"] + (["all"] if "all" in mae.index else [])
+    rows = []
+    for series in order:
+        rows.append({"series": series, **{m: (f"{mae.loc[series, m]:.3f} ({se.loc[series, m]:.1f})"
+                                              if m in mae.columns and not pd.isna(mae.loc[series, m]) else "skipped")
+                                          for m in methods}})
+    return pd.DataFrame(rows)
+
+
+def _rich(df: pd.DataFrame, title: str):
+    from rich.table import Table
+
+    t = Table(title=title)
+    for c in df.columns:
+        t.add_column(str(c), justify="left" if c in ("method", "series", "cutoff") else "right")
+    for _, r in df.iterrows():
+        t.add_row(*[str(v) for v in r])
+    return t
+
+
+def summary_tables(bt):
+    """(rich overall table, rich per-series MAE table at the cutoff nearest 0.1, Markdown text)."""
+    overall = overall_frame(bt)
+    cutoffs = sorted(bt.summary["cutoff"].unique(), key=lambda c: abs(c - 0.1))
+    at = cutoffs[0]
+    per = per_series_frame(bt, at)
+    lvl = f"{bt.level:.0%}"
+    t_over = _rich(overall, f"backtest, every completed run held out in turn (all series; {lvl} intervals)")
+    t_per = _rich(per, f"MAE per series at cutoff {at:g} (in units of the realised stderr)")
+    md = (f"# Forecast backtest\n\n## All series ({lvl} intervals)\n\n{overall.to_markdown(index=False)}\n\n"
+          f"## MAE per series at cutoff {at:g}\n\n{per.to_markdown(index=False)}\n\n**Verdict:** {bt.verdict}\n")
+    return t_over, t_per, md

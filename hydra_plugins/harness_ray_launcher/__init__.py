@@ -1,0 +1,1 @@
+"""Hydra launcher plugin: the harness's Ray launcher (``hydra/launcher=ray``; needs ``harness[ray]``)."""
