@@ -203,8 +203,10 @@ def _choice(overrides: list[str], group: str) -> str | None:
 def print_error(message: str) -> None:
     """One clear line (or a few) on stderr, never wrapped or highlighted, never a traceback."""
     from rich.console import Console
+    from rich.markup import escape
 
-    Console(stderr=True, soft_wrap=True, highlight=False).print(f"[red]error:[/red] {message}")
+    # escaped: a message naming `harness[ray]` or `metric=[a,b]` must not be read as rich markup
+    Console(stderr=True, soft_wrap=True, highlight=False).print(f"[red]error:[/red] {escape(message)}")
 
 
 def run_from_config(cfg: Any) -> int:

@@ -43,7 +43,7 @@ from harness.api import (
 from harness.guards import FiniteFields, NonFiniteFieldError, guard_fields  # noqa: F401 (re-exported)
 from harness.progress import make_progress
 from harness.provenance import config_hash, git_state, package_versions, stable_id
-from harness.claims import CLAIMS_DIR, Claims
+from harness.unit_claims import CLAIMS_DIR, Claims
 from harness.records import MixedConfigurationError, RowSource, measurement_rows, one_configuration
 from harness.registry import (  # noqa: F401 (re-exported: building plugins moved to the registry)
     _norm_target,
@@ -70,7 +70,7 @@ class Summary:
     error: int = 0
     units_run: int = 0
     units_skipped: int = 0
-    #: units left to another live process on the same run_name (see `harness.claims`)
+    #: units left to another live process on the same run_name (see `harness.unit_claims`)
     units_claimed: int = 0
     run_dir: Path | None = None
     errors: list[str] = field(default_factory=list)

@@ -208,12 +208,12 @@ def test_case7_two_processes_on_one_run_name_split_the_units(tmp_path):
 
 
 def test_case7_a_killed_claim_is_taken_over(tmp_path):
-    from harness import claims
+    from harness import unit_claims as claims
 
     claim_dir = tmp_path / "claims"
     holder = subprocess.Popen([sys.executable, "-c", (
         "import sys, time; sys.path.insert(0, %r)\n"
-        "from harness import claims\n"
+        "from harness import unit_claims as claims\n"
         "c = claims.Claims(%r)\n"
         "assert c.claim('unit-1')\n"
         "print('held', flush=True)\n"
