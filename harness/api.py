@@ -253,6 +253,16 @@ class ModelFamily:
         self.workdir = Path(workdir) if workdir else None
         self.params = params
 
+    @property
+    def cache_root(self) -> Path | None:
+        """The harness cache this family's ``workdir`` lives in (the runner passes
+        ``<cache>/families/<name>``): where shared things go, e.g. suites built by
+        ``python -m harness.build``, so a suite built there is found and reused by a run."""
+        if self.workdir is None:
+            return None
+        w = self.workdir
+        return w.parent.parent if w.parent.name == "families" else w
+
     def prepare(self) -> None:
         """Do one-time work before checkpoints are listed (build, train, download index)."""
 

@@ -103,6 +103,9 @@ def finish_run(spec: Any, summary: Any) -> None:
     if frame is not None and spec.job is None:
         for table in end_of_run_tables(frame):
             console.print(table)
+        from harness.report.claims import print_claims
+
+        print_claims(console, frame, getattr(spec, "config", None))  # a preset's claims, after the ranking
     for err in summary.errors[:5]:
         console.print(f"[red]error[/red] {err}", highlight=False)
     extra = f"; report: {written[0].parent}" if written else ""

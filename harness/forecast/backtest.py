@@ -13,7 +13,8 @@ Scores per (method, cutoff), per series and overall ("all"):
   against a binomially noisy realisation;
 - ``coverage``: share of realised values inside the interval; ``width``: mean interval width
   (both over bounded intervals only; ``n_unbounded`` counts the rest, which too few
-  calibration runs for the level leave unbounded);
+  calibration runs for the level leave unbounded); ``width_se``: mean width in units of the
+  realised value's stderr;
 - ``spearman``: rank agreement of predicted vs realised across runs (per series; "all" is the
   mean over series), `scipy.stats.spearmanr`;
 - ``n``, ``n_skipped``: forecasts scored and methods' skips (with their reasons in ``forecasts``).
@@ -33,7 +34,7 @@ from harness.forecast.series import ForecastError
 
 DEFAULT_CUTOFFS = (0.05, 0.1, 0.25, 0.5)
 SUMMARY_COLUMNS = ["method", "cutoff", "series", "n", "n_skipped", "mae", "rmse", "mae_se", "coverage", "width",
-                   "n_unbounded", "spearman"]
+                   "width_se", "n_unbounded", "spearman"]
 
 
 @dataclass
@@ -70,6 +71,7 @@ def score(f: pd.DataFrame) -> dict:
         # counted in n_unbounded, never as coverage
         "coverage": float(np.mean(((real >= lo) & (real <= hi))[bounded])) if bounded.any() else math.nan,
         "width": float(np.mean((hi - lo)[bounded])) if bounded.any() else math.nan,
+        "width_se": float(np.mean(((hi - lo) / se)[bounded & good_se])) if (bounded & good_se).any() else math.nan,
         "n_unbounded": int((~bounded).sum()),
     }
 

@@ -7,7 +7,7 @@ import math
 import pandas as pd
 
 COLUMNS = [("mae", "MAE"), ("rmse", "RMSE"), ("mae_se", "MAE/se"), ("coverage", "coverage"),
-           ("width", "mean width"), ("spearman", "Spearman"), ("n", "n"), ("n_skipped", "skipped")]
+           ("width", "mean width"), ("width_se", "width/se"), ("spearman", "Spearman"), ("n", "n"), ("n_skipped", "skipped")]
 
 
 def _f(v, digits=3) -> str:

@@ -54,7 +54,7 @@ def compare(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
 #: written into every report directory: marks it as one `write_report` may replace as a whole
 REPORT_MARKER = ".harness-report"
 #: what a report directory written before the marker existed holds (it may be replaced too)
-_REPORT_NAMES = ("leaderboard.", "relation.", "status.", "report.html", "figures")
+_REPORT_NAMES = ("leaderboard", "relation", "status", "ranking", "trajector", "claims", "report.html", "figures")
 
 
 def write_report(frame: pd.DataFrame, out_dir: Path, **kw: Any) -> tuple[list[Path], list[Any]]:
@@ -93,7 +93,7 @@ def _is_report_dir(path: Path) -> bool:
 def _write_files(frame: pd.DataFrame, out_dir: Path, *, formats: tuple[str, ...] = ("md", "csv", "parquet", "html"),
                  title: str = "harness report", measures=None, performance=None,
                  n_boot: int = 1000, n_perm: int = 1000, plots: bool = True, rank_by: str | None = None,
-                 at: str = "final") -> tuple[list[Path], list[Any]]:
+                 at: str = "final", claims=None) -> tuple[list[Path], list[Any]]:
     """Write every table (and the HTML page) into the fresh directory ``out_dir``; returns (files, tables).
 
     Order: the ranking leaderboard(s) first, then the relation tables, the per-checkpoint
@@ -138,6 +138,10 @@ def _write_files(frame: pd.DataFrame, out_dir: Path, *, formats: tuple[str, ...]
         safe("trajectories", lambda: _tr(frame, measures), failed("trajectories")),
         safe("status", lambda: H.status_table(frame), failed("status")),
     ]
+    if claims:  # a preset's claims, decided by the records (harness/report/claims.py), after the ranking
+        from harness.report.claims import claims_table
+
+        tables.insert(len(boards), safe("claims", lambda: claims_table(frame, claims), failed("claims")))
     rel_table = next(t for t in tables if t.name == "relation")
     for t in tables:
         files += safe(f"writing {t.name}", lambda t=t: write_table(t, out_dir, formats), [])
@@ -163,7 +167,10 @@ def write_run_report(run_dir: Path, frame: pd.DataFrame) -> list[Path]:
     """What the runner calls at the end of a run: ``<run_dir>/report/`` (never raises)."""
     try:
         run_dir = Path(run_dir)
-        files, _ = write_report(frame, run_dir / "report", title=f"harness run {run_dir.name}")
+        from harness.report.claims import claims_of_run
+
+        files, _ = write_report(frame, run_dir / "report", title=f"harness run {run_dir.name}",
+                                claims=claims_of_run(run_dir))
         return files
     except Exception as exc:  # noqa: BLE001 (the run's records are safe; the report is extra)
         logger.warning("run report failed: %s", exc)

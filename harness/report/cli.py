@@ -74,6 +74,7 @@ def _console():
 def run_report(args) -> int:
     from harness import report
     from harness.api import HarnessError
+    from harness.report.claims import claims_of_run
     from harness.report.writers import rich_table
     from harness.store import load_results
 
@@ -88,6 +89,7 @@ def run_report(args) -> int:
         frame, out, formats=file_formats, title=f"harness report: {', '.join(map(str, args.runs))}",
         measures=args.measures, performance=args.performance, n_boot=args.n_boot, n_perm=args.n_perm,
         plots="html" in file_formats, rank_by=args.rank_by, at=args.at,
+        claims=[c for run in args.runs for c in claims_of_run(Path(run))],
     )
     if "terminal" in args.format:
         con = _console()

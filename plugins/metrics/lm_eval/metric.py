@@ -173,6 +173,20 @@ def results_to_measurements(results: dict[str, Any], settings: dict[str, Any]) -
             )
 
 
+INSTALL_HINT = "pip install -c constraints.txt -e '.[lm_eval]'  (lm-eval[hf], part of the base install)"
+
+
+def require_lm_eval() -> None:
+    """Fail at config time, before any model is built or trained, when lm-eval is missing (a venv
+    made before it joined the base install): one line naming what to install."""
+    import importlib.util
+
+    from harness.api import ConfigError
+
+    if importlib.util.find_spec("lm_eval") is None:
+        raise ConfigError(f"metric lm_eval needs lm-evaluation-harness, which is not installed: {INSTALL_HINT}")
+
+
 class LmEvalMetric(Metric):
     """Downstream scores with lm-evaluation-harness on the in-memory checkpoint (offline tasks by default)."""
 
@@ -194,6 +208,7 @@ class LmEvalMetric(Metric):
         max_length: int | None = None,
         **unknown: Any,
     ):
+        require_lm_eval()
         if unknown:
             key = sorted(unknown)[0]
             raise ParameterError(key, unknown[key], "one of tasks, num_fewshot, limit, batch_size, "

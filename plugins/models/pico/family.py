@@ -99,15 +99,24 @@ class PicoFamily(ModelFamily):
             if root is None:  # the offline demo: build (or reuse) the pico_mini suite
                 from harness_plugins.models.pico.build import build
 
+                from harness_plugins.models.pico.build import DEFAULTS as BUILD_DEFAULTS
+
                 params = dict(self.build_params)
-                if self.workdir is not None:
-                    params.setdefault("cache_dir", str(self.workdir))
+                widths = params.get("widths", BUILD_DEFAULTS["widths"])
+                labels = [f"d{w}" for w in (widths if isinstance(widths, (list, tuple)) else [widths])]
+                missing = [s for s in self.sizes if s not in labels]
+                if missing:  # before minutes of building: the suite's sizes follow from its widths
+                    raise ParameterError("size", self.sizes, "sizes of the pico_mini suite: "
+                                         f"{', '.join(labels)} (or null = all; widths set by model.build.widths)")
+                if self.cache_root is not None:  # where `python -m harness.build suite=pico_mini` builds
+                    params.setdefault("cache_dir", str(self.cache_root))
                 root = str(build(**params))
             runs = [PicoRun(p) for p in find_runs(root)]
             if self.sizes:
+                have = sorted({r.size for r in runs} | {r.run_name for r in runs})
                 runs = [r for r in runs if r.size in self.sizes or r.run_name in self.sizes]
                 if not runs:
-                    raise ParameterError("size", self.sizes, f"sizes present under {root}")
+                    raise ParameterError("size", self.sizes, f"sizes present under {root}: {', '.join(have)}")
         self._runs = {r.run_name: r for r in runs}
 
     @property

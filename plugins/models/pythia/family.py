@@ -202,8 +202,8 @@ class PythiaFamily(ModelFamily):
             from .build import build
 
             params = dict(self.mini)
-            if self.workdir is not None:  # the runner's cache (cache_dir/families/pythia)
-                params.setdefault("cache_dir", str(self.workdir))
+            if self.cache_root is not None:  # where `python -m harness.build suite=pythia_mini` builds
+                params.setdefault("cache_dir", str(self.cache_root))
             self.root = build(**params)
             self._source = LocalSource(self.root)
         return self._source
@@ -231,10 +231,14 @@ class PythiaFamily(ModelFamily):
                     refs.append(self._ref(model_id, size, step, S.tokens_seen(step), S.learning_rate(size, step),
                                           S.n_params(size)))
             return refs
+        present_sizes: set[str] = set()
+        present_steps: set[int] = set()
         for model_id, steps in src.list_models().items():
             if self.models and not any(fnmatch.fnmatchcase(model_id, p) for p in self.models):
                 continue
             info = self._model_info(model_id, steps)
+            present_sizes.add(str(info["size"]))
+            present_steps |= set(steps)
             if self.sizes and info["size"] not in self.sizes:
                 continue
             expected = info.get("steps")
@@ -248,7 +252,20 @@ class PythiaFamily(ModelFamily):
                 tps = info.get("tokens_per_step")
                 refs.append(self._ref(model_id, info["size"], step, step * tps if tps else None,
                                       info["lr_fn"](step) if info.get("lr_fn") else None, info.get("n_params")))
+        self._check_present(present_sizes, present_steps)
         return refs
+
+    def _check_present(self, sizes: set[str], steps: set[int]) -> None:
+        """A requested size or revision the local suite does not hold is an error listing what it holds."""
+        where = f"under {self.root}" if self.root else "in the suite"
+        absent = [s for s in (self.sizes or []) if str(s) not in sizes]
+        if absent:
+            raise ParameterError("size", absent, f"sizes present {where}: {', '.join(sorted(sizes)) or 'none'}")
+        if self.revisions is not None:
+            missing = sorted(set(self.revisions) - steps)
+            if missing:
+                raise ParameterError("revisions", missing,
+                                     f"steps present {where}: {', '.join(map(str, sorted(steps))) or 'none'}")
 
     def _keep(self, steps: Iterable[int]) -> list[int]:
         return [s for s in steps if self.revisions is None or s in self.revisions]

@@ -1,0 +1,139 @@
+"""Claims tables: each test kind decided on planted records whose verdict is known by construction."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pandas as pd
+import pytest
+
+from harness.report.claims import (
+    FAILS,
+    HOLDS,
+    UNTESTABLE,
+    claims_from_config,
+    claims_of_run,
+    claims_table,
+    evaluate,
+    kendall_exact,
+)
+
+
+def rec(metric, measure, value, *, model="m/a", step=100, task=None, stderr=None, status="ok", message=None,
+        n=10, n_params=None, extra=None):
+    return {"metric": metric, "measure": measure, "task": task, "layer": None, "model_id": model, "step": step,
+            "value": value, "stderr": stderr, "n": n, "status": status, "message": message, "n_params": n_params,
+            "extra": json.dumps(extra) if extra else None, "family": "fam", "size": "s"}
+
+
+def frame(*rows):
+    return pd.DataFrame(list(rows))
+
+
+NEAR = {"claim": "slope -> 1/3", "series": "ts:slope", "test": "near", "target": 1 / 3, "tol": 0.05}
+
+
+def test_near_holds_fails_and_untestable_by_interval_width():
+    assert evaluate(frame(rec("ts", "slope", 0.35, stderr=0.005)), NEAR).status == HOLDS
+    assert evaluate(frame(rec("ts", "slope", 0.45, stderr=0.005)), NEAR).status == FAILS
+    wide = evaluate(frame(rec("ts", "slope", 0.34, stderr=0.2)), NEAR)
+    assert wide.status == UNTESTABLE and "wider" in wide.reason
+
+
+def test_at_last_picks_the_largest_step_and_shows_its_window():
+    f = frame(rec("ts", "slope", 0.6, step=10, extra={"tau_window": [1, 3]}),
+              rec("ts", "slope", 0.34, step=1000, extra={"tau_window": [300, 1000]}))
+    v = evaluate(f, NEAR)
+    assert v.status == HOLDS and v.value == pytest.approx(0.34)
+    assert "step 1000" in v.where and "tau_window [300, 1e+03]" in v.where
+    assert evaluate(f, {**NEAR, "at": "first"}).status == FAILS
+
+
+def test_at_fraction_takes_first_step_at_or_after_it():
+    f = frame(*[rec("s", "f", v, step=s) for s, v in [(0, 0.0), (5, 0.1), (12, 0.9), (100, 0.95)]])
+    v = evaluate(f, {"series": "s:f", "test": "above", "threshold": 0.5, "at": {"fraction": 0.1}})
+    assert v.status == HOLDS and "step 12" in v.where
+
+
+def test_above_against_a_reference_series_times_a_factor():
+    f = frame(rec("sub", "f_top", 0.5, task="k=10", stderr=0.01), rec("sub", "chance", 0.03, task="k=10"),
+              rec("sub", "f_top", 0.1, task="k=10", model="m/b", stderr=0.01),
+              rec("sub", "chance", 0.03, task="k=10", model="m/b"))
+    claim = {"series": "sub:f_top:k=10", "ref": "sub:chance:k=10", "factor": 5, "test": "above"}
+    assert evaluate(f, {**claim, "models": "m/a"}).status == HOLDS
+    v = evaluate(f, claim)  # quantifier all: m/b fails (0.1 < 0.15)
+    assert v.status == FAILS and "1/2 pass" in v.reason and v.where.startswith("m/b")
+    assert evaluate(f, {**claim, "quantifier": "any"}).status == HOLDS
+
+
+def test_interval_straddling_the_threshold_does_not_hold():
+    f = frame(rec("a", "b", 0.52, stderr=0.05))
+    assert evaluate(f, {"series": "a:b", "test": "above", "threshold": 0.5}).status == FAILS
+    assert evaluate(f, {"series": "a:b", "test": "below", "threshold": 0.7}).status == HOLDS
+
+
+def test_equals_decides_a_flag():
+    f = frame(rec("ts", "power_law", 0.0, model="m/flat"), rec("ts", "power_law", 1.0, model="m/peak"))
+    assert evaluate(f, {"series": "ts:power_law", "models": "*flat", "test": "equals", "expect": 0}).status == HOLDS
+    assert evaluate(f, {"series": "ts:power_law", "models": "*peak", "test": "equals", "expect": 0}).status == FAILS
+
+
+def test_require_flag_makes_a_flagged_curve_not_testable_with_the_metrics_reason():
+    f = frame(rec("ts", "slope", 0.34), rec("ts", "power_law", 0.0, message="fit RSLE 0.2 > 0.08"))
+    v = evaluate(f, {**NEAR, "require": {"series": "ts:power_law", "equals": 1}})
+    assert v.status == UNTESTABLE and "fit RSLE 0.2 > 0.08" in v.reason
+    f.loc[1, "value"] = 1.0
+    assert evaluate(f, {**NEAR, "require": {"series": "ts:power_law", "equals": 1}}).status == HOLDS
+
+
+def test_missing_or_skipped_records_are_not_testable_and_say_what_exists():
+    f = frame(rec("loss", "loss", 1.0), rec("ts", "slope", None, status="skipped", message="2 usable points"))
+    v = evaluate(f, NEAR)
+    assert v.status == UNTESTABLE and "skipped" in v.reason and "2 usable points" in v.reason
+    v = evaluate(f, {**NEAR, "series": "dec:L_d"})
+    assert v.status == UNTESTABLE and "did not run" in v.reason and "loss" in v.reason
+
+
+def test_trend_exact_permutation_p_matches_the_closed_form():
+    # n = 4 in perfect order: only the identity and the reversal reach |tau| = 1 -> p = 2/4! = 1/12
+    tau, p = kendall_exact([1, 2, 3, 4], [10, 20, 30, 40])
+    assert tau == pytest.approx(1.0) and p == pytest.approx(2 / 24)
+    # n = 5: p = 2/120
+    assert kendall_exact([1, 2, 3, 4, 5], [5, 4, 3, 2, 1]) == (pytest.approx(-1.0), pytest.approx(2 / 120))
+
+
+def test_trend_claim_across_model_sizes():
+    rows = [rec("dec", "L_d", 5.0 - i, model=f"m/{i}", n_params=10 ** (6 + i), step=None) for i in range(5)]
+    claim = {"series": "dec:L_d", "test": "trend", "by": "n_params", "direction": -1, "alpha": 0.05}
+    v = evaluate(frame(*rows), claim)
+    assert v.status == HOLDS and v.value == pytest.approx(-1.0) and v.n == 5
+    assert evaluate(frame(*rows), {**claim, "direction": 1}).status == FAILS
+    assert evaluate(frame(*rows[:2]), claim).status == UNTESTABLE
+
+
+def test_malformed_claim_is_a_row_not_an_exception():
+    v = evaluate(frame(rec("a", "b", 1.0)), {"series": "nocolon", "test": "near", "target": 1, "tol": 1})
+    assert v.status == UNTESTABLE and "malformed" in v.reason
+    v = evaluate(frame(rec("a", "b", 1.0)), {"series": "a:b", "test": "bogus"})
+    assert v.status == UNTESTABLE and "malformed" in v.reason
+
+
+def test_table_has_one_row_per_claim_and_counts_statuses():
+    f = frame(rec("ts", "slope", 0.35, stderr=0.005), rec("ts", "power_law", 0.0))
+    claims = [NEAR, {"claim": "flag", "series": "ts:power_law", "test": "equals", "expect": 1},
+              {"claim": "absent", "series": "x:y", "test": "near", "target": 0, "tol": 1}]
+    t = claims_table(f, claims)
+    assert list(t.data["status"]) == [HOLDS, FAILS, UNTESTABLE]
+    assert t.footer == ["1 holds, 1 does not hold, 1 not testable here"]
+    assert list(t.display.columns) == ["claim", "measured", "where", "status", "why"]
+    assert "0.35 [" in t.display.loc[0, "measured"] and math.isfinite(t.data.loc[0, "ci_lo"])
+    assert claims_table(f, []).note
+
+
+def test_claims_come_from_the_run_manifest(tmp_path):
+    claims = [NEAR]
+    (tmp_path / "run.json").write_text(json.dumps({"config": {"claims": claims}}))
+    assert claims_of_run(tmp_path) == claims
+    assert claims_from_config({"claims": {"c1": {"series": "a:b", "test": "near"}}})[0]["id"] == "c1"
+    assert claims_of_run(tmp_path / "nothing") == []
