@@ -119,6 +119,10 @@ def _compose(overrides: list[str]) -> Any:
         return compose(config_name="config", overrides=overrides)
 
 
+#: Hydra flags that print and exit without running a job
+INSPECT_FLAGS = frozenset({"--cfg", "-c", "--info", "-i", "--help", "-h", "--hydra-help", "--shell-completion", "-sc"})
+
+
 def check_composed(argv: list[str]) -> None:
     """Compose the config exactly as Hydra will (its compose API, experiment presets included)
     and check it before Hydra creates any run directory:
@@ -136,6 +140,8 @@ def check_composed(argv: list[str]) -> None:
     from harness import store
     from harness.validate import validate_run_config
 
+    if any(a in INSPECT_FLAGS or a.startswith("--cfg=") for a in argv):
+        return  # Hydra only prints (config, help, info): nothing runs, so nothing is refused
     lines = [a for a in argv if not a.startswith("-")]
     try:
         parsed = OverridesParser.create().parse_overrides(lines)

@@ -55,12 +55,8 @@ RUN_SETTINGS: dict[str, Setting] = {
     "scopes": Setting((str, list), "all, or a subset of [checkpoint, pair, trajectory, suite]"),
     "check_finite": Setting((bool,), "a NaN/Inf in a tensor field becomes an error record"),
     "scores": Setting((str, list), "score file(s) joined as performance records", nullable=True),
-    # set by experiment presets only (not in conf/config.yaml): the paper's claims to decide
-    "claims": Setting((list,), "an experiment preset's claims (harness.report.claims)", nullable=True),
+    "claims": Setting((list,), "an experiment preset's paper claims (harness.report.claims)", nullable=True),
 }
-
-#: settings an experiment preset may add that conf/config.yaml does not declare
-PRESET_ONLY = frozenset({"claims"})
 
 
 def validate_run_config(plain: Mapping[str, Any]) -> None:
