@@ -407,3 +407,16 @@ def test_backtest_on_published_pythia_scores(tmp_path):
     assert overall.loc["last", "n"] == 64 and overall.loc["suite", "n"] == 64
     assert overall.loc["suite", "mae"] < 0.5 * overall.loc["last", "mae"]
     assert 0.85 <= overall.loc["suite", "coverage"] <= 0.95
+
+
+def test_series_in_different_units_are_not_averaged():
+    """An accuracy and a perplexity-like series: the overall MAE would be the perplexity's; the
+    backtest blanks it and ranks by MAE in stderr units, and says why."""
+    perf, _ = synthetic_series(n_runs=8, n_series=2, sigma=SIGMA, seed=4)
+    ppl = perf["series"] == "task1/acc"
+    perf.loc[ppl, ["value", "stderr"]] *= 100
+    perf.loc[ppl, "higher_is_better"] = False
+    bt = backtest(perf, cutoffs=(0.1, 0.5), methods=["last", Suite(robust=False)])
+    overall = bt.summary[bt.summary.series == "all"]
+    assert overall["mae"].isna().all() and overall["mae_se"].notna().all()
+    assert "stderr units because higher- and lower-is-better series are mixed" in bt.verdict

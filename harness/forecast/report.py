@@ -29,16 +29,18 @@ def overall_frame(bt) -> pd.DataFrame:
 
 def per_series_frame(bt, cutoff: float) -> pd.DataFrame:
     s = bt.summary[(bt.summary["cutoff"] == cutoff)]
-    mae = s.pivot_table(index="series", columns="method", values="mae", sort=False)
-    se = s.pivot_table(index="series", columns="method", values="mae_se", sort=False)
     methods = list(dict.fromkeys(s["method"]))
-    order = [x for x in mae.index if x != "all"] + (["all"] if "all" in mae.index else [])
-    rows = []
-    for series in order:
-        rows.append({"series": series, **{m: (f"{mae.loc[series, m]:.3f} ({se.loc[series, m]:.1f})"
-                                              if m in mae.columns and not pd.isna(mae.loc[series, m]) else "skipped")
-                                          for m in methods}})
-    return pd.DataFrame(rows)
+    order = [x for x in dict.fromkeys(s["series"]) if x != "all"] + (["all"] if (s["series"] == "all").any() else [])
+    by = {(r["series"], r["method"]): r for _, r in s.iterrows()}
+
+    def cell(series, m):
+        r = by.get((series, m))
+        if r is None or not r["n"]:
+            return "skipped"
+        mae = "mixed units" if pd.isna(r["mae"]) else f"{r['mae']:.3f}"
+        return mae + ("" if pd.isna(r["mae_se"]) else f" ({r['mae_se']:.1f})")
+
+    return pd.DataFrame([{"series": series, **{m: cell(series, m) for m in methods}} for series in order])
 
 
 def _rich(df: pd.DataFrame, title: str):
