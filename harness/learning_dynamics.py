@@ -41,7 +41,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from harness.api import HarnessError
+from harness.api import FieldUnavailable, HarnessError
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -79,8 +79,11 @@ class LearningDynamicsError(HarnessError):
     """A learning-dynamics file is missing, truncated or holds something other than tensors."""
 
 
-class NotStoredError(LearningDynamicsError):
-    """The requested split/kind was not stored at this step (e.g. ``train`` at the last step)."""
+class NotStoredError(LearningDynamicsError, FieldUnavailable):
+    """The requested split/kind was not stored at this step (e.g. ``train`` at the last step).
+
+    A `FieldUnavailable`: a metric that needs it gets a ``skipped`` record with this reason.
+    """
 
 
 # ---- names and paths -------------------------------------------------------------------

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from harness.api import Checkpoint, CheckpointRef
+from harness.api import Checkpoint, CheckpointRef, FieldUnavailable
 
 
 def select_names(names: Sequence[str], patterns: Sequence[str] | None) -> list[str]:
@@ -87,7 +87,7 @@ class CausalLMCheckpoint(Checkpoint):
 
     def eval_batches(self, split: str = "val") -> list[torch.Tensor]:
         if split not in self._splits:
-            raise NotImplementedError(f"no evaluation split {split!r} (have: {', '.join(self._splits) or 'none'})")
+            raise FieldUnavailable(f"no evaluation split {split!r} (have: {', '.join(self._splits) or 'none'})")
         return self._splits[split]
 
     @property

@@ -31,6 +31,7 @@ from harness.api import (
     CheckpointContext,
     CheckpointRef,
     ConfigError,
+    FieldUnavailable,
     HarnessError,
     Measurement,
     ModelFamily,
@@ -225,13 +226,17 @@ class Runner:
                   unit_id: str, ref: CheckpointRef | None, **kw: Any) -> None:
         started = time.time()
         try:
-            measurements = list(self.metrics[metric].measure(ctx) or [])
+            measurements = list(self.metrics[metric].measure_at(scope, ctx) or [])
             if not measurements:
                 measurements = [Measurement.skipped("*", f"metric '{metric}' returned no measurements at {scope.value} scope")]
             rows = self._rows(measurements, metric=metric, scope=scope, unit_id=unit_id, ref=ref,
                               started=started, **kw)
         except (KeyboardInterrupt, SystemExit, store.StoreError):
             raise
+        except FieldUnavailable as exc:  # the checkpoint cannot offer what the metric needs: skipped
+            kw.pop("refs_by_size", None)
+            rows = self._rows([Measurement.skipped("*", str(exc))], metric=metric, scope=scope, unit_id=unit_id,
+                              ref=ref, started=started, **kw)
         except Exception as exc:  # a failing metric must not stop the sweep
             logger.debug("unit %s failed", unit_id, exc_info=True)
             logger.warning("%s %s at %s: %s", metric, scope.value, ref.label if ref else kw.get("model_id"), exc)
