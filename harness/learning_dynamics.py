@@ -189,6 +189,7 @@ class StepDynamics:
         return f"step {self.step}" if self.step is not None else str(self.directory)
 
     def has(self, split: str, kind: str) -> bool:
+        """Whether this step stored ``split``/``kind`` (read or on disk)."""
         return (split, kind) in self._cache or file_path(self.directory, split, kind).is_file()
 
     def available(self) -> list[tuple[str, str]]:
@@ -236,6 +237,7 @@ class StepDynamics:
         return self._cache[key]
 
     def clear(self) -> None:
+        """Drop the tensors read so far."""
         self._cache.clear()
 
 

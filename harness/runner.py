@@ -79,12 +79,14 @@ class Summary:
     notes: list[str] = field(default_factory=list)
 
     def add(self, rows: Iterable[dict[str, Any]]) -> None:
+        """Count one unit's records."""
         for r in rows:
             setattr(self, r["status"], getattr(self, r["status"]) + 1)
             if r["status"] == "error" and len(self.errors) < 20:
                 self.errors.append(f"{r['model_id']} step {r['step']} {r['metric']}: {r['message']}")
 
     def line(self) -> str:
+        """The one-line summary printed at the end of a run."""
         resumed = f", {self.units_skipped} units already done" if self.units_skipped else ""
         if self.units_claimed:
             resumed += f", {self.units_claimed} units claimed by another process"
@@ -201,6 +203,7 @@ class Runner:
 
     # -- planning ----------------------------------------------------------------------
     def unit_id(self, ref_model: str, step: int | None, metric: str, scope: Scope, pair_step: int | None = None) -> str:
+        """The stable id of one unit (what a resumed run recognises as done)."""
         return stable_id(
             self.family.name, self.model_hash, ref_model, step, pair_step, metric, scope.value,
             self.metric_hashes[metric], self.spec.seed,
@@ -214,6 +217,7 @@ class Runner:
         return {r["unit_id"] for r in rows}
 
     def metrics_with(self, scope: Scope) -> list[str]:
+        """The selected metrics that run at ``scope`` in this job."""
         if scope not in self.scopes:
             return []
         return [n for n, m in self.metrics.items() if scope in m.scopes]
@@ -313,6 +317,7 @@ class Runner:
 
     # -- phases -------------------------------------------------------------------------
     def run(self) -> Summary:
+        """Run every unit not yet done, consolidate the records and write the manifest."""
         t0 = time.time()
         self._write_manifest(started=t0)
         self._prepare_metrics()

@@ -40,12 +40,14 @@ def trajectories(frame: pd.DataFrame, measures=None, **kw: Any):
 
 
 def relation(frame: pd.DataFrame, performance=None, **kw: Any):
+    """The relation table of observables to performance (see `harness.report.tables.relation`)."""
     from harness.report.tables import relation as _rel
 
     return _rel(frame, performance, **kw)
 
 
 def compare(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
+    """Record-by-record differences between two runs (see `harness.report.compare.compare`)."""
     from harness.report.compare import compare as _cmp
 
     return _cmp(a, b)
