@@ -42,7 +42,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from harness.api import HarnessError
+from harness.api import FieldUnavailable, HarnessError
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -80,8 +80,11 @@ class LearningDynamicsError(HarnessError):
     """A learning-dynamics file is missing, truncated or holds something other than tensors."""
 
 
-class NotStoredError(LearningDynamicsError):
-    """The requested split/kind was not stored at this step (e.g. ``train`` at the last step)."""
+class NotStoredError(LearningDynamicsError, FieldUnavailable):
+    """The requested split/kind was not stored at this step (e.g. ``train`` at the last step).
+
+    A `FieldUnavailable`: a metric that needs it gets a ``skipped`` record with this reason.
+    """
 
 
 # ---- names and paths -------------------------------------------------------------------
@@ -187,6 +190,7 @@ class StepDynamics:
         return f"step {self.step}" if self.step is not None else str(self.directory)
 
     def has(self, split: str, kind: str) -> bool:
+        """Whether this step stored ``split``/``kind`` (read or on disk)."""
         return (split, kind) in self._cache or file_path(self.directory, split, kind).is_file()
 
     def available(self) -> list[tuple[str, str]]:
@@ -234,6 +238,7 @@ class StepDynamics:
         return self._cache[key]
 
     def clear(self) -> None:
+        """Drop the tensors read so far."""
         self._cache.clear()
 
 

@@ -92,6 +92,7 @@ STATUSES = ("ok", "skipped", "error")
 
 
 def record_id(row: dict[str, Any]) -> str:
+    """The deterministic id of a record: a hash of its identity columns."""
     return stable_id(*(row.get(c) for c in IDENTITY_COLUMNS))
 
 
@@ -115,6 +116,7 @@ def _json_default(obj: Any) -> Any:
 
 
 def dumps_extra(extra: Any) -> str | None:
+    """A record's ``extra`` as sorted JSON (None when empty)."""
     if extra in (None, {}, []):
         return None
     return json.dumps(extra, sort_keys=True, default=_json_default, allow_nan=True)

@@ -43,6 +43,7 @@ def suggest(name: str, available: list[str]) -> list[str]:
 
 
 def unknown_name_message(kind: str, name: str, available: list[str]) -> str:
+    """"Unknown <kind> 'x'. Did you mean: ...? Available <kind>s: ..." for a name no plugin has."""
     msg = f"Unknown {kind} '{name}'."
     close = suggest(name, available)
     if close:
@@ -132,6 +133,7 @@ class Registry:
         self._extra[name] = cls
 
     def names(self) -> list[str]:
+        """Every registered name, sorted."""
         return sorted(set(self._eps) | set(self._extra))
 
     def __contains__(self, name: str) -> bool:
@@ -145,6 +147,7 @@ class Registry:
         return self._require(name).value
 
     def targets(self) -> dict[str, str]:
+        """name -> ``module:Class`` of every registered plugin."""
         return {n: self.target(n) for n in self.names()}
 
     def _require(self, name: str) -> EntryPoint:
@@ -153,6 +156,7 @@ class Registry:
         return self._eps[name]
 
     def get(self, name: str) -> type:
+        """The plugin class of ``name``, imported now; its ``name`` must equal the entry-point name."""
         if name in self._extra:
             return self._extra[name]
         if name not in self._loaded:
@@ -171,6 +175,7 @@ class Registry:
         return self._loaded[name]
 
     def info(self, name: str) -> PluginInfo:
+        """What ``harness ls`` shows about ``name``, read without importing the plugin."""
         if name in self._extra:
             cls = self._extra[name]
             doc = (cls.__doc__ or "").strip().splitlines()
@@ -188,15 +193,18 @@ class Registry:
 
 @cache
 def models() -> Registry:
+    """The registry of model families (``harness.models`` entry points)."""
     return Registry("model", GROUPS["model"])
 
 
 @cache
 def metrics() -> Registry:
+    """The registry of metrics (``harness.metrics`` entry points)."""
     return Registry("metric", GROUPS["metric"])
 
 
 def registry(kind: str) -> Registry:
+    """The registry of one plugin kind (``model`` or ``metric``)."""
     if kind not in GROUPS:
         raise ConfigError(unknown_name_message("plugin kind", kind, list(GROUPS)))
     return models() if kind == "model" else metrics()

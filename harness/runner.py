@@ -33,6 +33,7 @@ from harness.api import (
     CheckpointContext,
     CheckpointRef,
     ConfigError,
+    FieldUnavailable,
     HarnessError,
     Measurement,
     Metric,
@@ -93,6 +94,7 @@ def resolve_model_name(node: Mapping[str, Any], choice: str | None) -> str:
 
 def build_family(node: Mapping[str, Any], name: str, data: Mapping[str, Any], workdir: Path,
                  trusted: Iterable[str]) -> ModelFamily:
+    """Instantiate the family of the ``model`` node (its parameters validated against its declaration)."""
     check_target("model", name, node.get("_target_"), trusted)
     cls = model_registry().get(name)
     try:
@@ -104,6 +106,7 @@ def build_family(node: Mapping[str, Any], name: str, data: Mapping[str, Any], wo
 
 
 def build_metrics(nodes: Mapping[str, Mapping[str, Any]], trusted: Iterable[str]) -> dict[str, Metric]:
+    """Instantiate the selected metrics, in the order `order_metrics` gives."""
     out: dict[str, Metric] = {}
     registry = metric_registry()
     for name in nodes:
@@ -139,6 +142,7 @@ def order_metrics(nodes: Mapping[str, Any]) -> list[str]:
 
 @dataclass
 class Summary:
+    """Counts of one job's records and units, and its first errors."""
     ok: int = 0
     skipped: int = 0
     error: int = 0
@@ -150,12 +154,14 @@ class Summary:
     notes: list[str] = field(default_factory=list)
 
     def add(self, rows: Iterable[dict[str, Any]]) -> None:
+        """Count one unit's records."""
         for r in rows:
             setattr(self, r["status"], getattr(self, r["status"]) + 1)
             if r["status"] == "error" and len(self.errors) < 20:
                 self.errors.append(f"{r['model_id']} step {r['step']} {r['metric']}: {r['message']}")
 
     def line(self) -> str:
+        """The one-line summary printed at the end of a run."""
         resumed = f", {self.units_skipped} units already done" if self.units_skipped else ""
         return (
             f"{self.ok} ok, {self.skipped} skipped, {self.error} error records "
@@ -207,6 +213,7 @@ def parse_scopes(value: Any) -> list[str] | None:
 
 
 class Runner:
+    """Runs one job: plans the units, loads each checkpoint once, runs metrics by scope, resumes."""
     def __init__(self, spec: RunSpec):
         self.spec = spec
         self.run_id = spec.run_root.name
@@ -240,6 +247,7 @@ class Runner:
 
     # -- planning ----------------------------------------------------------------------
     def unit_id(self, ref_model: str, step: int | None, metric: str, scope: Scope, pair_step: int | None = None) -> str:
+        """The stable id of one unit (what a resumed run recognises as done)."""
         return stable_id(
             self.family.name, self.model_hash, ref_model, step, pair_step, metric, scope.value,
             self.metric_hashes[metric], self.spec.seed,
@@ -253,6 +261,7 @@ class Runner:
         return {r["unit_id"] for r in rows}
 
     def metrics_with(self, scope: Scope) -> list[str]:
+        """The selected metrics that run at ``scope`` in this job."""
         if scope not in self.scopes:
             return []
         return [n for n, m in self.metrics.items() if scope in m.scopes]
@@ -328,13 +337,17 @@ class Runner:
                   unit_id: str, ref: CheckpointRef | None, **kw: Any) -> None:
         started = time.time()
         try:
-            measurements = list(self.metrics[metric].measure(ctx) or [])
+            measurements = list(self.metrics[metric].measure_at(scope, ctx) or [])
             if not measurements:
                 measurements = [Measurement.skipped("*", f"metric '{metric}' returned no measurements at {scope.value} scope")]
             rows = self._rows(measurements, metric=metric, scope=scope, unit_id=unit_id, ref=ref,
                               started=started, **kw)
         except (KeyboardInterrupt, SystemExit, store.StoreError):
             raise
+        except FieldUnavailable as exc:  # the checkpoint cannot offer what the metric needs: skipped
+            kw.pop("refs_by_size", None)
+            rows = self._rows([Measurement.skipped("*", str(exc))], metric=metric, scope=scope, unit_id=unit_id,
+                              ref=ref, started=started, **kw)
         except Exception as exc:  # a failing metric must not stop the sweep
             logger.debug("unit %s failed", unit_id, exc_info=True)
             logger.warning("%s %s at %s: %s", metric, scope.value, ref.label if ref else kw.get("model_id"), exc)
@@ -371,6 +384,7 @@ class Runner:
 
     # -- phases -------------------------------------------------------------------------
     def run(self) -> Summary:
+        """Run every unit not yet done, consolidate the records and write the manifest."""
         t0 = time.time()
         self._write_manifest(started=t0)
         self.family.prepare()

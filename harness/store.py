@@ -76,6 +76,7 @@ class RecordWriter:
         self._fh = open(self.path, "ab", buffering=0)  # noqa: SIM115 (kept open for the run)
 
     def write_unit(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Append one unit's rows (all or nothing: one write and flush)."""
         payload = "".join(
             json.dumps(r, default=_json_default, allow_nan=True, separators=(",", ":")) + "\n" for r in rows
         ).encode("utf-8")
@@ -95,6 +96,7 @@ class RecordWriter:
             raise StoreError(f"cannot write results to {self.path}: {exc.strerror or exc}") from exc
 
     def close(self) -> None:
+        """Close the JSONL file."""
         if not self._fh.closed:
             self._fh.close()
 
@@ -145,6 +147,7 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 def jsonl_files(root: Path) -> list[Path]:
+    """Every records JSONL file under a run root (all jobs), sorted."""
     root = Path(root)
     if root.is_file():
         return [root]
@@ -174,6 +177,7 @@ def finished(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def load_rows(root: Path) -> list[dict[str, Any]]:
+    """The finished rows of every job of a run root (see `finished`)."""
     rows: list[dict[str, Any]] = []
     for path in jsonl_files(root):
         rows.extend(read_jsonl(path))
@@ -181,10 +185,12 @@ def load_rows(root: Path) -> list[dict[str, Any]]:
 
 
 def finished_units(root: Path) -> set[str]:
+    """The ids of the units already finished under a run root (what a resumed run skips)."""
     return {r["unit_id"] for r in load_rows(root) if r.get("unit_id")}
 
 
 def to_frame(rows: Sequence[dict[str, Any]]) -> pd.DataFrame:
+    """Rows as a DataFrame in the record schema, deterministically sorted."""
     import pandas as pd
 
     frame = pd.DataFrame(list(rows), columns=list(RECORD_COLUMNS))

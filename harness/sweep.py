@@ -45,6 +45,7 @@ EXIT_CODE = 0
 
 
 def is_multirun(argv: list[str]) -> bool:
+    """Whether the command line asks for a multirun (``-m``/``--multirun``)."""
     return any(a in ("-m", "--multirun") for a in argv)
 
 
@@ -174,6 +175,7 @@ def read_job_statuses(sweep_dir: Path, since: float = 0.0) -> list[dict[str, Any
 
 
 def sweep_line(statuses: list[dict[str, Any]], sweep_dir: Path) -> str:
+    """The one-line summary of a whole sweep from its jobs' statuses."""
     n_err_jobs = sum(1 for s in statuses if s.get("exit_code") == 1)
     n_failed = sum(1 for s in statuses if s.get("exit_code", 0) not in (0, 1))
     counts = {k: sum(int(s.get(k) or 0) for s in statuses) for k in ("ok", "skipped", "error")}
@@ -208,9 +210,11 @@ class SweepSummary(_Callback):  # type: ignore[misc]
         self.started = time.time()
 
     def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
+        """Note when the sweep started."""
         self.started = time.time()
 
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
+        """Consolidate the sweep's records, print its summary line and set the exit code."""
         global EXIT_CODE
         from harness import store
 

@@ -57,6 +57,7 @@ class CaptureFormatError(HarnessError):
 
 
 def step_dir(run: str | os.PathLike[str], step: int) -> Path:
+    """The directory of one checkpoint of a captured run."""
     return Path(run) / "checkpoints" / f"step_{int(step)}"
 
 
@@ -77,6 +78,7 @@ def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> None:
 
 
 def read_json(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a JSON object, raising `CaptureFormatError` naming the file when it is missing or unreadable."""
     path = Path(path)
     try:
         data = json.loads(path.read_text())
@@ -90,6 +92,7 @@ def read_json(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def is_run(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a captured run (it has a run manifest)."""
     return (Path(path) / RUN_MANIFEST).is_file()
 
 

@@ -69,6 +69,7 @@ def ld_key(module_name: str) -> str | None:
 
 
 def rank_and_world() -> tuple[int, int]:
+    """This process's rank and the world size (0 and 1 outside distributed training)."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
@@ -151,6 +152,7 @@ class Recorder:
 
     @property
     def is_writer(self) -> bool:
+        """Whether this process writes files (rank 0 only)."""
         return self.rank == 0
 
     # -- setup ------------------------------------------------------------------------
@@ -288,6 +290,7 @@ class Recorder:
             self.flush()
 
     def flush(self) -> None:
+        """Append the buffered per-step losses to the loss log (one device sync per flush)."""
         if not self.is_writer or not self._log_buffer:
             return
         losses = [float(x) for x in torch.stack([torch.as_tensor(r[1], dtype=torch.float32).detach().cpu()
@@ -299,6 +302,7 @@ class Recorder:
         self._log_buffer.clear()
 
     def finish(self) -> None:
+        """Flush what is buffered at the end of training."""
         self.flush()
 
 

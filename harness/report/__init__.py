@@ -40,12 +40,14 @@ def trajectories(frame: pd.DataFrame, measures=None, **kw: Any):
 
 
 def relation(frame: pd.DataFrame, performance=None, **kw: Any):
+    """The relation table of observables to performance (see `harness.report.tables.relation`)."""
     from harness.report.tables import relation as _rel
 
     return _rel(frame, performance, **kw)
 
 
 def compare(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
+    """Record-by-record differences between two runs (see `harness.report.compare.compare`)."""
     from harness.report.compare import compare as _cmp
 
     return _cmp(a, b)
@@ -57,13 +59,14 @@ def write_report(frame: pd.DataFrame, out_dir: Path, *, formats: tuple[str, ...]
                  at: str = "final", claims=None) -> tuple[list[Path], list[Any]]:
     """Write every table (and the HTML page) under ``out_dir``; returns (files, tables).
 
-    Order: the ranking leaderboard(s) first, then the relation tables, the per-checkpoint
-    trajectories, the record status.
+    Order: the ranking leaderboard(s) first (then a preset's claims), the verdicts, the relation
+    tables at checkpoint, step and model level, the per-checkpoint trajectories, the record status.
 
     Robust by design: a section that fails is logged and named in the HTML, never raised, so
     a report over partial or odd records still says what it can.
     """
     from harness.report import html as H
+    from harness.report import levels as L
     from harness.report import plots as P
     from harness.report.ranking import rankings
     from harness.report.tables import Table
@@ -92,10 +95,17 @@ def write_report(frame: pd.DataFrame, out_dir: Path, *, formats: tuple[str, ...]
     frame = frame if frame is not None else pd.DataFrame()
     boards = safe("leaderboard", lambda: rankings(frame, rank_by=rank_by, at=at, performance=performance),
                   [failed("leaderboard")])
+    relations = [
+        safe("relation_checkpoint", lambda: _rel(frame, performance, n_boot=n_boot, n_perm=n_perm),
+             failed("relation_checkpoint")),
+        safe("relation_step", lambda: L.step_relation(frame, performance, n_boot=n_boot), failed("relation_step")),
+        safe("relation_model", lambda: L.model_relation(frame, performance, n_boot=n_boot), failed("relation_model")),
+    ]
+    verdicts = safe("verdicts", lambda: L.verdict_table(relations), failed("verdicts"))
     tables = [
         *boards,
-        safe("relation", lambda: _rel(frame, performance, n_boot=n_boot, n_perm=n_perm),
-             failed("relation")),
+        verdicts,
+        *relations,
         safe("trajectories", lambda: _tr(frame, measures), failed("trajectories")),
         safe("status", lambda: H.status_table(frame), failed("status")),
     ]
@@ -103,7 +113,7 @@ def write_report(frame: pd.DataFrame, out_dir: Path, *, formats: tuple[str, ...]
         from harness.report.claims import claims_table
 
         tables.insert(len(boards), safe("claims", lambda: claims_table(frame, claims), failed("claims")))
-    rel_table = next(t for t in tables if t.name == "relation")
+    rel_table = relations[0]
     for t in tables:
         files += safe(f"writing {t.name}", lambda t=t: write_table(t, out_dir, formats), [])
     if "html" in formats:

@@ -29,6 +29,7 @@ def _formats(value: str) -> tuple[str, ...]:
 
 
 def add_commands(subparsers) -> None:
+    """Add ``report`` and ``compare`` to the ``harness`` command."""
     rep = subparsers.add_parser("report", help="leaderboard, relation table and HTML report from stored records",
                                 description="Tables and figures from one or more runs (pure functions of records).")
     rep.add_argument("runs", nargs="+", type=Path, help="run directories or results roots")
@@ -69,6 +70,7 @@ def _console():
 
 
 def run_report(args) -> int:
+    """``harness report RUN...``: tables, plots and claims from stored records."""
     from harness import report
     from harness.api import HarnessError
     from harness.report.claims import claims_of_run
@@ -98,6 +100,7 @@ def run_report(args) -> int:
 
 
 def run_compare(args) -> int:
+    """``harness compare A B``: what changed between two runs (exit 1 on a ``--fail-if`` rule)."""
     from harness.api import HarnessError
     from harness.report.compare import compare, parse_fail_if, regressions, summary
     from harness.store import load_results

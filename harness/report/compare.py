@@ -44,6 +44,7 @@ class FailRule:
 
 
 def parse_fail_if(specs: Sequence[str]) -> list[FailRule]:
+    """``value:5%`` / ``value:0.01`` -> the rules ``--fail-if`` checks."""
     rules = []
     for spec in specs:
         m = re.fullmatch(r"\s*(value)\s*:\s*([0-9]*\.?[0-9]+(?:[eE][-+]?\d+)?)\s*(%?)\s*", spec or "")
@@ -172,6 +173,7 @@ def regressions(table: pd.DataFrame, rules: Sequence[FailRule]) -> pd.DataFrame:
 
 
 def summary(table: pd.DataFrame) -> str:
+    """One line counting the comparison's rows by status."""
     counts = table["status"].value_counts()
     order = ["same", "changed", "status_changed", "not_comparable", "only_a", "only_b"]
     return ", ".join(f"{k} {int(counts.get(k, 0))}" for k in order)
