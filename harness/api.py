@@ -199,6 +199,7 @@ class CheckpointRef:
 
     @property
     def label(self) -> str:
+        """The revision name when the family has one, else ``step<N>``."""
         return self.revision or f"step{self.step}"
 
 
@@ -224,6 +225,7 @@ class Checkpoint:
     # -- model and evaluation -----------------------------------------------------------
     @property
     def model(self) -> torch.nn.Module:
+        """The model (a ``torch.nn.Module``) this checkpoint evaluates."""
         raise FieldUnavailable(f"family {self.ref.family!r} exposes no model object")
 
     @property
@@ -382,10 +384,12 @@ class Measurement:
 
     @classmethod
     def skipped(cls, measure: str, reason: str, **kw: Any) -> Measurement:
+        """A measurement that could not be made for a reason that is not a failure."""
         return cls(measure, None, status="skipped", message=reason, **kw)
 
     @classmethod
     def error(cls, measure: str, reason: str, **kw: Any) -> Measurement:
+        """A measurement that failed, with the reason."""
         return cls(measure, None, status="error", message=reason, **kw)
 
 
@@ -404,6 +408,7 @@ class _Context:
 
 @dataclass
 class CheckpointContext(_Context):
+    """One loaded checkpoint (checkpoint scope)."""
     checkpoint: Checkpoint
 
 

@@ -77,6 +77,7 @@ def _new(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``harness`` argument parser with its subcommands."""
     parser = argparse.ArgumentParser(prog="harness", description="Benchmark harness for training dynamics.")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("ls", help="list discovered plugins")
@@ -106,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the ``harness`` command; a user error prints one line and exits 2."""
     from harness.app import print_error
 
     args = build_parser().parse_args(argv)

@@ -36,7 +36,6 @@ import logging
 import math
 import os
 import re
-import tempfile
 from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
@@ -190,6 +189,7 @@ class StepDynamics:
         return f"step {self.step}" if self.step is not None else str(self.directory)
 
     def has(self, split: str, kind: str) -> bool:
+        """Whether this step stored ``split``/``kind`` (read or on disk)."""
         return (split, kind) in self._cache or file_path(self.directory, split, kind).is_file()
 
     def available(self) -> list[tuple[str, str]]:
@@ -237,6 +237,7 @@ class StepDynamics:
         return self._cache[key]
 
     def clear(self) -> None:
+        """Drop the tensors read so far."""
         self._cache.clear()
 
 
@@ -246,16 +247,10 @@ class StepDynamics:
 def _atomic_save(obj: Any, path: Path) -> None:
     import torch
 
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from harness.atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def write_split(

@@ -92,6 +92,7 @@ def verdict_lines(written: list[Any]) -> list[str]:
 
 
 def finish_run(spec: Any, summary: Any) -> None:
+    """Consolidate, write the report, print the results table and the one-line summary."""
     from rich.console import Console
 
     from harness import store

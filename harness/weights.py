@@ -53,6 +53,7 @@ class CheckpointFileError(RuntimeError):
 
 @dataclass(frozen=True)
 class TensorEntry:
+    """One tensor of a weight file: where its bytes are, its dtype and shape."""
     name: str
     file: Path
     dtype: torch.dtype
@@ -62,6 +63,7 @@ class TensorEntry:
 
     @property
     def numel(self) -> int:
+        """Number of elements."""
         return math.prod(self.shape)
 
 
@@ -115,6 +117,7 @@ class WeightFiles:
 
     @classmethod
     def open(cls, files: Sequence[str | os.PathLike[str]]) -> WeightFiles:
+        """Index the tensors of safetensors (or PyTorch ``.bin``) files by reading their headers only."""
         paths = [Path(f) for f in files]
         if paths and all(p.suffix == ".bin" for p in paths):
             return TorchBinWeights.open(paths)
@@ -127,9 +130,11 @@ class WeightFiles:
         return cls(entries, paths)
 
     def names(self) -> list[str]:
+        """The tensor names."""
         return list(self.entries)
 
     def n_params(self) -> int:
+        """The total number of elements of every tensor."""
         return sum(e.numel for e in self.entries.values())
 
     def read(self, name: str, dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -236,6 +241,7 @@ class TorchBinWeights(WeightFiles):
 
     @classmethod
     def open(cls, files: Sequence[str | os.PathLike[str]]) -> TorchBinWeights:
+        """Index the tensors of PyTorch ``.bin`` state dicts (memory-mapped, ``weights_only``)."""
         entries: dict[str, TensorEntry] = {}
         tensors: dict[str, torch.Tensor] = {}
         paths = [Path(f) for f in files]
@@ -258,10 +264,12 @@ class TorchBinWeights(WeightFiles):
         return cls(entries, paths, tensors)
 
     def read(self, name: str, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """One tensor as a private copy (optionally converted to ``dtype``)."""
         t = self._tensors[name]
         return t.to(dtype or t.dtype, copy=True)  # a private copy, never the mapped file
 
     def subtract_into(self, name: str, out: torch.Tensor) -> None:
+        """``out -= tensor name``, in chunks."""
         flat, src = out.view(-1), self._tensors[name].reshape(-1)
         for lo in range(0, src.numel(), CHUNK_ELEMS):
             flat[lo:lo + CHUNK_ELEMS] -= src[lo:lo + CHUNK_ELEMS].to(out.dtype)
@@ -279,13 +287,16 @@ class TensorWeights(WeightFiles):
         self._tensors = dict(tensors)
 
     def read(self, name: str, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """One tensor as a private copy (optionally converted to ``dtype``)."""
         t = self._tensors[name].detach()
         return t.to(dtype or t.dtype, copy=True)
 
     def subtract_into(self, name: str, out: torch.Tensor) -> None:
+        """``out -= tensor name``, in chunks."""
         out.sub_(self._tensors[name].detach().reshape(out.shape).to(out.dtype))
 
     def sha256(self) -> str:
+        """A hash of every tensor's name and bytes."""
         h = hashlib.sha256()
         for n in sorted(self._tensors):
             h.update(n.encode())

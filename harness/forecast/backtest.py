@@ -39,6 +39,7 @@ SUMMARY_COLUMNS = ["method", "cutoff", "series", "n", "n_skipped", "mae", "rmse"
 
 @dataclass
 class Backtest:
+    """A backtest's held-out forecasts, their summary per method/cutoff/series, and the verdict."""
     forecasts: pd.DataFrame  # every held-out forecast (engine.FORECAST_COLUMNS)
     summary: pd.DataFrame  # SUMMARY_COLUMNS
     verdict: str

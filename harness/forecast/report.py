@@ -19,6 +19,7 @@ def _f(v, digits=3) -> str:
 
 
 def overall_frame(bt) -> pd.DataFrame:
+    """The backtest's scores over all series, one row per method and cutoff."""
     s = bt.summary[bt.summary["series"] == "all"].copy()
     rows = []
     for _, r in s.iterrows():
@@ -28,6 +29,7 @@ def overall_frame(bt) -> pd.DataFrame:
 
 
 def per_series_frame(bt, cutoff: float) -> pd.DataFrame:
+    """The backtest's scores at one cutoff, one row per series."""
     s = bt.summary[(bt.summary["cutoff"] == cutoff)]
     methods = list(dict.fromkeys(s["method"]))
     order = [x for x in dict.fromkeys(s["series"]) if x != "all"] + (["all"] if (s["series"] == "all").any() else [])

@@ -40,22 +40,63 @@ def trajectories(frame: pd.DataFrame, measures=None, **kw: Any):
 
 
 def relation(frame: pd.DataFrame, performance=None, **kw: Any):
+    """The relation table of observables to performance (see `harness.report.tables.relation`)."""
     from harness.report.tables import relation as _rel
 
     return _rel(frame, performance, **kw)
 
 
 def compare(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
+    """Record-by-record differences between two runs (see `harness.report.compare.compare`)."""
     from harness.report.compare import compare as _cmp
 
     return _cmp(a, b)
 
 
-def write_report(frame: pd.DataFrame, out_dir: Path, *, formats: tuple[str, ...] = ("md", "csv", "parquet", "html"),
+#: written into every report directory: marks it as one `write_report` may replace as a whole
+REPORT_MARKER = ".harness-report"
+#: what a report directory written before the marker existed holds (it may be replaced too)
+_REPORT_NAMES = ("leaderboard", "relation", "status", "ranking", "trajector", "claims", "report.html", "figures")
+
+
+def write_report(frame: pd.DataFrame, out_dir: Path, **kw: Any) -> tuple[list[Path], list[Any]]:
+    """Write every table (and the HTML page) as the directory ``out_dir``; returns (files, tables).
+
+    The directory is written as a whole: into a temporary sibling, then swapped in
+    (`harness.atomic.atomic_dir`), so no file of an older report survives beside the new one and
+    a reader never sees half a report. An existing ``out_dir`` that is not a report directory
+    (it holds other files) is refused, never replaced. Keywords: see `_write_files`.
+    """
+    from harness.api import HarnessError
+    from harness.atomic import atomic_dir
+
+    out_dir = Path(out_dir)
+    if not kw.get("formats", True):  # tables only (the terminal): nothing is written, nothing replaced
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="harness-report-") as scratch:
+            return [], _write_files(frame, Path(scratch), **kw)[1]
+    if out_dir.exists() and not _is_report_dir(out_dir):
+        raise HarnessError(f"{out_dir} exists and is not a harness report directory; refusing to replace it "
+                           "(choose a new or empty --out directory)")
+    with atomic_dir(out_dir) as tmp:
+        (tmp / REPORT_MARKER).write_text("written by harness.report.write_report; replaced as a whole\n")
+        files, tables = _write_files(frame, tmp, **kw)
+    return [out_dir / p.relative_to(tmp) for p in files], tables
+
+
+def _is_report_dir(path: Path) -> bool:
+    if not path.is_dir():
+        return False
+    entries = [p.name for p in path.iterdir()]
+    return not entries or REPORT_MARKER in entries or all(n.startswith(_REPORT_NAMES) for n in entries)
+
+
+def _write_files(frame: pd.DataFrame, out_dir: Path, *, formats: tuple[str, ...] = ("md", "csv", "parquet", "html"),
                  title: str = "harness report", measures=None, performance=None,
                  n_boot: int = 1000, n_perm: int = 1000, plots: bool = True, rank_by: str | None = None,
                  at: str = "final", claims=None) -> tuple[list[Path], list[Any]]:
-    """Write every table (and the HTML page) under ``out_dir``; returns (files, tables).
+    """Write every table (and the HTML page) into the fresh directory ``out_dir``; returns (files, tables).
 
     Order: the ranking leaderboard(s) first (then a preset's claims), the verdicts, the relation
     tables at checkpoint, step and model level, the per-checkpoint trajectories, the record status.

@@ -56,6 +56,7 @@ def _table(table: Table, title: str) -> str:
 
 def render(title: str, tables: Sequence[tuple[str, Table]], figures: Sequence[tuple[str, Sequence[Path]]],
            notes: Sequence[str] = ()) -> str:
+    """A self-contained HTML report: the tables and the figures (embedded)."""
     body = [f"<h1>{html.escape(title)}</h1>",
             f'<p class="footer">generated {_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}</p>']
     body += [f'<p class="note">{html.escape(n)}</p>' for n in notes]

@@ -64,10 +64,12 @@ def kendall_batch(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
 
 
 def spearman(x: Sequence[float], y: Sequence[float]) -> float:
+    """Spearman's rank correlation (scipy), NaN for fewer than three points or constant input."""
     return float(stats.spearmanr(x, y).statistic)
 
 
 def kendall(x: Sequence[float], y: Sequence[float]) -> float:
+    """Kendall's tau-b (scipy), NaN for fewer than three points or constant input."""
     return float(stats.kendalltau(x, y).statistic)  # tau-b, as kendall_batch
 
 

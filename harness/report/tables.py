@@ -45,6 +45,7 @@ class Table:
 
     @property
     def empty(self) -> bool:
+        """Whether the table has no rows."""
         return self.data.empty
 
 
@@ -104,6 +105,7 @@ def performance_series(frame: pd.DataFrame, selectors: Sequence[str] | None = No
 
 
 def fmt_value(v: float | None, se: float | None = None) -> str:
+    """A value (and its stderr) in 4 significant digits, blank for None."""
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return ""
     s = f"{v:.4g}"

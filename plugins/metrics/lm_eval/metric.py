@@ -30,7 +30,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from harness.api import CheckpointContext, Measurement, Metric, ParameterError
+from harness.api import CheckpointContext, ConfigError, Measurement, Metric, ParameterError
 from harness.params import Params, param
 
 logger = logging.getLogger(__name__)
@@ -243,6 +243,14 @@ class LmEvalMetric(Metric):
         require_lm_eval()
         super().__init__(**params)
         self.include_paths = [str(Path(p).expanduser().resolve()) for p in self.include_path]
+
+    def prepare(self) -> None:
+        """Check the task names once, before any checkpoint is loaded: a typo is a clear
+        error with close matches, not an error record per checkpoint after a model load."""
+        try:
+            manager_for(self.tasks, self.include_paths_for_run())
+        except ValueError as exc:
+            raise ConfigError(f"metric.lm_eval.tasks: {exc}") from None
 
     # ---- helpers ------------------------------------------------------------------------
     def include_paths_for_run(self) -> list[str]:
