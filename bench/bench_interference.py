@@ -24,19 +24,18 @@ from __future__ import annotations
 import argparse
 import os
 import threading
+import sys
 import time
+from pathlib import Path
 
 import torch
 
 from harness.api import CheckpointRef
 from harness.lm import CausalLMCheckpoint, random_token_batches, tiny_gpt_neox
-from harness_plugins.metrics.interference.opposition import (
-    find_targets,
-    opposition,
-    opposition_loop,
-    opposition_per_position,
-    opposition_vmap,
-)
+from harness_plugins.metrics.interference.opposition import find_targets, opposition
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the brute-force oracles live in the tests
+from opposition_oracles import opposition_loop, opposition_per_position, opposition_vmap  # noqa: E402
 
 CONFIGS = {  # name: (hidden, layers, heads, vocab, batch, seq)
     "tiny": (128, 4, 4, 512, 32, 128),

@@ -9,14 +9,19 @@ about 620 MB each) with ``save_pretrained`` in a temporary directory (deleted af
 * ``baseline``: only the imports of the streaming method (torch + the plugin's reader);
 * ``from_pretrained``: both models loaded with transformers, parameters subtracted;
 * ``safe_open``: `safetensors.safe_open` (memory-mapped), tensor pairs subtracted;
-* ``stream_deltas``: the Pythia plugin's delta field (per-tensor reads, chunked subtraction);
+* ``stream_deltas``: the core's streaming reader (`harness.weights`) that every family's delta
+  field runs on (per-tensor reads, chunked subtraction);
 * ``cat``: ``cat a b > /dev/null``, the plain read of both files.
 
 Each method computes the RMS of every tensor's delta (checked equal across methods). Times
 exclude interpreter start-up and imports. Two modes: ``cold`` evicts the two files from the page
-cache before every run (``posix_fadvise(DONTNEED)`` on these files only), ``warm`` reads them from
-the page cache. Targets (issue 3): peak RSS of stream_deltas <= 0.2x from_pretrained, time <= 3x
-the plain read.
+cache before every run (``posix_fadvise(DONTNEED)`` on these files only) and then CHECKS with
+``mincore`` how much of them is still resident (the kernel may keep pages another process has
+mapped or dirty): runs whose files are still resident are counted and reported as not cold.
+``warm`` reads them from the page cache. Every figure is min/median/max over ``--repeat`` runs
+(default 5), methods interleaved so load from other processes drifts over all alike; ratios use
+medians. Targets (issues 3, 18): peak RSS of stream_deltas <= 0.2x from_pretrained (both models),
+time <= 3x the plain read (warm).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -111,52 +117,111 @@ def evict(*dirs: Path) -> None:
             os.close(fd)
 
 
+def resident_fraction(*dirs: Path) -> float | None:
+    """Fraction of the two files' pages in the page cache (``mincore``), None if it cannot tell."""
+    import ctypes
+    import mmap
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.mmap.restype = ctypes.c_void_p
+        libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+                              ctypes.c_long]
+        libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+        libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    except (OSError, AttributeError):
+        return None
+    page = os.sysconf("SC_PAGE_SIZE")
+    total = resident = 0
+    for d in dirs:
+        path = d / "model.safetensors"
+        size = path.stat().st_size
+        n = (size + page - 1) // page
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            addr = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+            if addr in (None, ctypes.c_void_p(-1).value):
+                return None
+            vec = (ctypes.c_ubyte * n)()
+            ok = libc.mincore(ctypes.c_void_p(addr), size, vec) == 0
+            libc.munmap(ctypes.c_void_p(addr), size)
+        finally:
+            os.close(fd)
+        if not ok:
+            return None
+        total += n
+        resident += sum(v & 1 for v in vec)
+    return resident / max(total, 1)
+
+
+#: a cold run with more than this fraction of the files still cached is not cold
+COLD_MAX_RESIDENT = 0.05
+
+
 def run_child(method: str, a: Path, b: Path, cold: bool) -> dict:
+    resident = None
     if cold:
         evict(a, b)
+        resident = resident_fraction(a, b)
     code = PRELUDE + textwrap.dedent(CHILD[method]) + EPILOGUE
     res = subprocess.run([sys.executable, "-c", code, str(a), str(b)], capture_output=True, text=True,
                          env={**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"})
     if res.returncode != 0:
         raise RuntimeError(f"{method} failed:\n{res.stderr[-3000:]}")
-    return json.loads(res.stdout)
+    return {**json.loads(res.stdout), "resident_before": resident}
 
 
-def time_cat(a: Path, b: Path, cold: bool) -> float:
+def time_cat(a: Path, b: Path, cold: bool) -> dict:
+    resident = None
     if cold:
         evict(a, b)
+        resident = resident_fraction(a, b)
     t0 = time.perf_counter()
     subprocess.run(["cat", str(a / "model.safetensors"), str(b / "model.safetensors")], stdout=subprocess.DEVNULL,
                    check=True)
-    return time.perf_counter() - t0
+    return {"seconds": time.perf_counter() - t0, "resident_before": resident}
 
 
-def report(mode: str, cat: float, results: dict) -> None:
-    best = {m: {"seconds": min(r["seconds"] for r in rs), "peak_rss_mb": min(r["peak_rss_mb"] for r in rs),
-                "rms": rs[0]["rms"]} for m, rs in results.items()}
-    ref = best["from_pretrained"]["rms"]
+def _mmm(xs: list[float], fmt: str = "{:.2f}") -> str:
+    return "/".join(fmt.format(v) for v in (min(xs), statistics.median(xs), max(xs)))
+
+
+def report(mode: str, cat: list[dict], results: dict) -> None:
+    ref = results["from_pretrained"][0]["rms"]
     for m in ("safe_open", "stream_deltas"):  # the same numbers as the full-model path
-        for n, v in best[m]["rms"].items():
+        for n, v in results[m][0]["rms"].items():
             key = "lm_head.weight" if n == "embed_out.weight" else n
             assert abs(ref[key] - v) <= 1e-6 * max(1.0, abs(v)), (m, n, ref[key], v)
-    base = best["baseline"]["peak_rss_mb"]
-    print(f"\n[{mode} page cache]")
-    print(f"{'method':<16}{'time s':>9}{'peak RSS MB':>13}{'RSS - imports':>15}")
-    print(f"{'cat (2 files)':<16}{cat:>9.2f}")
-    for m in CHILD:
-        r = best[m]
-        print(f"{m:<16}{r['seconds']:>9.2f}{r['peak_rss_mb']:>13.0f}{r['peak_rss_mb'] - base:>15.0f}")
-    s, f = best["stream_deltas"], best["from_pretrained"]
+    med = {m: {k: statistics.median(r[k] for r in rs) for k in ("seconds", "peak_rss_mb")}
+           for m, rs in results.items()}
+    cat_s = [c["seconds"] for c in cat]
+    print(f"\n[{mode} page cache] min/median/max over {len(cat)} runs")
+    if mode == "cold":
+        res = [r["resident_before"] for rs in [*results.values(), cat] for r in rs]
+        if any(r is None for r in res):
+            print("cold check: could not read page-cache residency (mincore unavailable): cold runs unverified")
+        else:
+            bad = sum(r > COLD_MAX_RESIDENT for r in res)
+            print(f"cold check (mincore before each run): resident fraction of the two files max {max(res):.3f}; "
+                  f"{bad} of {len(res)} runs NOT cold (> {COLD_MAX_RESIDENT:.0%} cached)"
+                  + (": the page cache could not be dropped, read those as warm figures" if bad else ""))
+    base = med["baseline"]["peak_rss_mb"]
+    print(f"{'method':<16}{'time s':>20}{'peak RSS MB':>20}{'RSS - imports':>15}")
+    print(f"{'cat (2 files)':<16}{_mmm(cat_s):>20}")
+    for m, rs in results.items():
+        print(f"{m:<16}{_mmm([r['seconds'] for r in rs]):>20}{_mmm([r['peak_rss_mb'] for r in rs], '{:.0f}'):>20}"
+              f"{med[m]['peak_rss_mb'] - base:>15.0f}")
+    s, f = med["stream_deltas"], med["from_pretrained"]
     print(f"stream_deltas / from_pretrained peak RSS: {s['peak_rss_mb'] / f['peak_rss_mb']:.3f} (target <= 0.2); "
           f"net of imports {(s['peak_rss_mb'] - base) / (f['peak_rss_mb'] - base):.3f}")
-    print(f"stream_deltas / cat time:                 {s['seconds'] / cat:.2f} (target <= 3)")
+    print(f"stream_deltas / cat time:                 {s['seconds'] / statistics.median(cat_s):.2f} (target <= 3, warm)")
     print(f"stream_deltas / from_pretrained time:     {s['seconds'] / f['seconds']:.2f}")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--keep", help="create/reuse the checkpoints in this directory and keep them")
-    ap.add_argument("--repeat", type=int, default=2, help="runs per method (best time and RSS reported)")
+    ap.add_argument("--repeat", type=int, default=5, help="runs per method (min/median/max reported)")
     ap.add_argument("--modes", default="cold,warm", help="cold, warm or both")
     args = ap.parse_args()
     root = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="bench_pythia_"))
@@ -171,8 +236,12 @@ def main() -> None:
         for mode in args.modes.split(","):
             cold = mode == "cold"
             time_cat(a, b, False)  # one untimed read
-            cat = min(time_cat(a, b, cold) for _ in range(args.repeat))
-            results = {m: [run_child(m, a, b, cold) for _ in range(args.repeat)] for m in CHILD}
+            cat: list[dict] = []
+            results: dict[str, list[dict]] = {m: [] for m in CHILD}
+            for _ in range(args.repeat):  # interleaved: load drifts over every method alike
+                cat.append(time_cat(a, b, cold))
+                for m in CHILD:
+                    results[m].append(run_child(m, a, b, cold))
             report(mode, cat, results)
     finally:
         if not args.keep:

@@ -82,9 +82,13 @@ def main() -> None:
     args = p.parse_args()
     runs = []
     load0 = os.getloadavg()[0]
-    for _ in range(args.repeats):
+    for i in range(args.repeats):
         with tempfile.TemporaryDirectory(prefix="bench_ray-") as tmp:
             runs.append(one_repeat(args.jobs, args.steps, Path(tmp)))
+        seq, startup, sweep = runs[-1]
+        print(f"repeat {i + 1}: sequential {seq:.1f} s, Ray start-up {startup:.1f} s + sweep {sweep:.1f} s, "
+              f"ratio {(startup + sweep) / seq:.2f}x (sweep only {sweep / seq:.2f}x), load average "
+              f"{os.getloadavg()[0]:.1f}", flush=True)
     seq = [r[0] for r in runs]
     startup = [r[1] for r in runs]
     sweep = [r[2] for r in runs]

@@ -3,7 +3,7 @@
 Flow, in one direction::
 
     config -> ModelFamily -> CheckpointRef... -> (load once) Checkpoint
-           -> Metric.measure(context) by scope -> Measurement -> Record -> store -> tables
+           -> Metric.measure_<scope>(context) -> Measurement -> Record -> store -> tables
 
 A family knows how to list and load checkpoints; a metric knows how to turn a context into
 measurements. Neither knows the other: a metric only talks to the `Checkpoint` interface
@@ -11,26 +11,39 @@ measurements. Neither knows the other: a metric only talks to the `Checkpoint` i
 
 This module is import-light on purpose (no torch): `harness ls` and `import harness` use it.
 
+The contract in four lines:
+
+* a metric implements one ``measure_<scope>`` method per scope it supports; its ``scopes``
+  are derived from them, and the runner calls the method of each unit's scope;
+* a plugin declares its parameters once, in a nested ``Params`` class (`harness.params`);
+* a checkpoint that cannot offer something raises `FieldUnavailable` -> a ``skipped`` record;
+  `Checkpoint.field_kinds` lists only kinds that yield;
+
 Example (a metric plugin)::
 
     class NormMetric(Metric):
         '''Frobenius norm of every weight matrix.'''
         name = "norm"
-        scopes = (Scope.CHECKPOINT,)
 
-        def measure(self, ctx):
+        class Params(Params):
+            power: float = param(2.0, "exponent p of the entrywise p-norm", gt=0)
+
+        def measure_checkpoint(self, ctx: CheckpointContext) -> Iterator[Measurement]:
             for tensor_name, tensor in ctx.checkpoint.field("weights"):
-                yield Measurement("fro_norm", float(tensor.norm()), layer=tensor_name)
+                yield Measurement("norm", float(tensor.norm()), layer=tensor_name)
 """
 
 from __future__ import annotations
 
 import enum
 import math
+import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
+
+from harness.params import Params
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -41,6 +54,7 @@ __all__ = [
     "CheckpointContext",
     "CheckpointRef",
     "ConfigError",
+    "FieldUnavailable",
     "HarnessError",
     "Measurement",
     "Metric",
@@ -48,6 +62,7 @@ __all__ = [
     "PERFORMANCE_KINDS",
     "PairContext",
     "ParameterError",
+    "Params",
     "Scope",
     "SuiteContext",
     "TrajectoryContext",
@@ -77,7 +92,31 @@ class ParameterError(ConfigError):
         super().__init__(f"{key}={value!r}: allowed {allowed}")
 
     def with_prefix(self, prefix: str) -> ParameterError:
+        """The same error with the config group in front of the key (``metric.loss.split``)."""
         return ParameterError(f"{prefix}.{self.key}" if prefix else self.key, self.value, self.allowed)
+
+
+class UnknownParameterError(ParameterError):
+    """A config key that the plugin does not declare; the message lists close matches."""
+
+    def __init__(self, key: str, value: Any, known: Sequence[str], owner: str = ""):
+        import difflib
+
+        self.known, self.owner = list(known), owner
+        close = difflib.get_close_matches(key.rpartition(".")[2], self.known, n=3, cutoff=0.6)
+        self.key, self.value = key, value
+        self.allowed = f"a declared parameter: {', '.join(self.known) or '(none)'}"
+        prefix = key.rpartition(".")[0]
+        msg = f"unknown parameter '{key}'" + (f" of {owner}" if owner else "")
+        if close:
+            msg += " (did you mean: " + ", ".join(f"{prefix}.{c}" if prefix else c for c in close) + "?)"
+        msg += f"; its parameters: {', '.join(self.known) or '(none)'}"
+        HarnessError.__init__(self, msg)
+
+    def with_prefix(self, prefix: str) -> ParameterError:
+        """The same error with the config group in front of the key."""
+        return UnknownParameterError(f"{prefix}.{self.key}" if prefix else self.key, self.value, self.known,
+                                     self.owner)
 
 
 class FieldUnavailable(HarnessError, NotImplementedError):
@@ -160,14 +199,17 @@ class CheckpointRef:
 
     @property
     def label(self) -> str:
+        """The revision name when the family has one, else ``step<N>``."""
         return self.revision or f"step{self.step}"
 
 
 class Checkpoint:
     """A loaded checkpoint: the model plus lazily produced tensor fields and evaluation data.
 
-    Families subclass this. Every method has a default that says clearly what is missing,
-    so a metric that needs an unsupported capability produces a ``skipped`` record.
+    Families subclass this. Every method has a default that raises `FieldUnavailable` saying
+    what is missing, so a metric that needs an unsupported capability produces a ``skipped``
+    record. `field_kinds` is a promise: every kind it lists yields for this checkpoint (a kind
+    that depends on the previous checkpoint, like ``delta``, is listed only when there is one).
 
     Field kinds (see design.md "Fields"): ``weights``, ``delta`` (to the previous selected
     checkpoint, streamed tensor by tensor), ``gradient`` (raw gradients, stored or computed on
@@ -183,16 +225,17 @@ class Checkpoint:
     # -- model and evaluation -----------------------------------------------------------
     @property
     def model(self) -> torch.nn.Module:
-        raise NotImplementedError(f"family {self.ref.family!r} exposes no model object")
+        """The model (a ``torch.nn.Module``) this checkpoint evaluates."""
+        raise FieldUnavailable(f"family {self.ref.family!r} exposes no model object")
 
     @property
     def tokenizer(self) -> Any:
         """The tokenizer (a transformers ``PreTrainedTokenizerFast``) for text-level metrics."""
-        raise NotImplementedError(f"family {self.ref.family!r} has no tokenizer")
+        raise FieldUnavailable(f"family {self.ref.family!r} has no tokenizer")
 
     def eval_batches(self, split: str = "val") -> list[Any]:
         """Fixed, seeded evaluation batches (identical for every checkpoint of the run)."""
-        raise NotImplementedError(f"family {self.ref.family!r} has no evaluation data")
+        raise FieldUnavailable(f"family {self.ref.family!r} has no evaluation data")
 
     def per_example_loss(self, batch: Any, model: torch.nn.Module | None = None) -> torch.Tensor:
         """Unreduced loss on ``batch``: shape (B,) for classifiers, (B, S-1) per token for LMs.
@@ -200,11 +243,11 @@ class Checkpoint:
         ``model`` defaults to this checkpoint's model; metrics pass a copy they have updated
         (one optimiser step) or a functional wrapper.
         """
-        raise NotImplementedError(f"family {self.ref.family!r} defines no per-example loss")
+        raise FieldUnavailable(f"family {self.ref.family!r} defines no per-example loss")
 
     def logits(self, batch: Any, model: torch.nn.Module | None = None) -> torch.Tensor:
         """Raw output logits for ``batch`` (last dimension = classes / vocabulary)."""
-        raise NotImplementedError(f"family {self.ref.family!r} exposes no logits")
+        raise FieldUnavailable(f"family {self.ref.family!r} exposes no logits")
 
     @property
     def data_fingerprint(self) -> str | None:
@@ -213,14 +256,16 @@ class Checkpoint:
 
     # -- tensor fields ----------------------------------------------------------------
     def field_kinds(self) -> tuple[str, ...]:
+        """The field kinds `field` yields for this checkpoint (honest: no kind that would raise)."""
         return ()
 
     def field(self, kind: str, modules: Sequence[str] | None = None) -> Iterator[tuple[str, torch.Tensor]]:
         """Yield ``(tensor_name, tensor)`` of field ``kind``, one tensor at a time.
 
         ``modules`` are glob patterns on tensor names; None means the family's default set.
+        A kind this checkpoint cannot offer raises `FieldUnavailable`.
         """
-        raise NotImplementedError(f"family {self.ref.family!r} offers no field {kind!r}")
+        raise FieldUnavailable(f"family {self.ref.family!r} offers no field {kind!r}")
 
     def performance(self) -> Mapping[str, float]:
         """Evaluation numbers the family stored with this checkpoint, as ``{task: perplexity}``
@@ -238,20 +283,38 @@ class Checkpoint:
 class ModelFamily:
     """A model family: lists checkpoints (sizes x steps) and loads them lazily.
 
-    Subclasses set ``name`` (the entry-point name) and take their parameters as keyword
-    arguments (the Hydra node ``model``), validating them in ``__init__`` with
-    `check_range`/`check_choice` so bad values fail before any work starts.
+    Subclasses set ``name`` (the entry-point name) and declare their parameters once, in a
+    nested ``Params`` class (`harness.params.Params`); the runner passes the Hydra node ``model``
+    as keyword arguments, they are validated before any work starts and each is available as
+    an attribute (``self.<name>``). Work that needs more than one parameter goes in an
+    ``__init__`` that calls ``super().__init__(**kw)`` first.
     """
 
     name: ClassVar[str] = ""
     #: False for families that only have logs (no weights to load): checkpoint- and pair-scope
     #: metrics then get ``skipped`` records instead of load errors
     has_weights: ClassVar[bool] = True
+    #: the parameter declaration; a family that declares none takes no parameters
+    Params: ClassVar[type[Params]] = Params
+
+    def __init_subclass__(cls, **kw: Any) -> None:
+        super().__init_subclass__(**kw)
+        _check_param_names(cls)
 
     def __init__(self, *, data: Mapping[str, Any] | None = None, workdir: str | None = None, **params: Any):
         self.data = dict(data or {})
         self.workdir = Path(workdir) if workdir else None
-        self.params = params
+        self.params = _bind_params(self, params, f"model '{self.name}'")
+
+    @property
+    def cache_root(self) -> Path | None:
+        """The harness cache this family's ``workdir`` lives in (the runner passes
+        ``<cache>/families/<name>``): where shared things go, e.g. suites built by
+        ``python -m harness.build``, so a suite built there is found and reused by a run."""
+        if self.workdir is None:
+            return None
+        w = self.workdir
+        return w.parent.parent if w.parent.name == "families" else w
 
     def prepare(self) -> None:
         """Do one-time work before checkpoints are listed (build, train, download index)."""
@@ -321,10 +384,12 @@ class Measurement:
 
     @classmethod
     def skipped(cls, measure: str, reason: str, **kw: Any) -> Measurement:
+        """A measurement that could not be made for a reason that is not a failure."""
         return cls(measure, None, status="skipped", message=reason, **kw)
 
     @classmethod
     def error(cls, measure: str, reason: str, **kw: Any) -> Measurement:
+        """A measurement that failed, with the reason."""
         return cls(measure, None, status="error", message=reason, **kw)
 
 
@@ -343,6 +408,7 @@ class _Context:
 
 @dataclass
 class CheckpointContext(_Context):
+    """One loaded checkpoint (checkpoint scope)."""
     checkpoint: Checkpoint
 
 
@@ -376,16 +442,23 @@ class SuiteContext(_Context):
 
 
 class Metric:
-    """A metric plugin.
+    """A metric plugin: one ``measure_<scope>`` method per scope it supports.
 
     Subclasses set ``name`` (the entry-point name), ``version`` (bump when numbers change),
-    ``scopes`` and implement `measure`. Parameters arrive as keyword arguments from the
-    Hydra node ``metric.<name>`` and are validated in ``__init__``.
+    declare their parameters in a nested ``Params`` class (`harness.params.Params`; each
+    validated value is also an attribute, ``self.<name>``) and implement any of
+    `measure_checkpoint`, `measure_pair`, `measure_trajectory`, `measure_suite`. The scopes a
+    metric runs at are exactly the methods it implements (``scopes`` is derived, never
+    declared), and the runner calls the one of each unit's scope with that scope's context.
+
+    A ``measure_*`` method yields `Measurement` objects; raising `FieldUnavailable` makes the
+    whole unit one ``skipped`` record with that reason, any other exception an ``error`` record.
     """
 
     name: ClassVar[str] = ""
     version: ClassVar[str] = "1"
-    scopes: ClassVar[tuple[Scope, ...]] = (Scope.CHECKPOINT,)
+    #: derived from the ``measure_<scope>`` methods a subclass implements
+    scopes: ClassVar[tuple[Scope, ...]] = ()
     #: metrics whose records this one reads (trajectory/suite scope); the runner orders by it
     reads: ClassVar[tuple[str, ...]] = ()
     #: which of this metric's measures are performance measures: ``{measure glob: kind}`` with
@@ -406,12 +479,81 @@ class Metric:
                 return kind
         return None
 
-    def __init__(self, **params: Any):
-        self.params = params
+    #: the parameter declaration; a metric that declares none takes no parameters
+    Params: ClassVar[type[Params]] = Params
 
-    def measure(self, ctx: Any) -> Iterable[Measurement]:
+    def __init_subclass__(cls, **kw: Any) -> None:
+        super().__init_subclass__(**kw)
+        implemented = tuple(s for s in Scope if getattr(cls, f"measure_{s.value}") is not getattr(Metric, f"measure_{s.value}"))
+        if implemented:
+            cls.scopes = implemented
+        elif "measure" in vars(cls) and "scopes" in vars(cls):
+            # the contract before typed scopes: one `measure(ctx)` and a declared `scopes`
+            warnings.warn(f"{cls.__qualname__}: `measure` + `scopes` is the old metric contract; implement "
+                          "measure_checkpoint/measure_pair/measure_trajectory/measure_suite instead",
+                          DeprecationWarning, stacklevel=2)
+        _check_param_names(cls)
+
+    def __init__(self, **params: Any):
+        self.params = _bind_params(self, params, f"metric '{self.name}'")
+
+    # -- one method per scope ----------------------------------------------------------
+    def measure_checkpoint(self, ctx: CheckpointContext) -> Iterable[Measurement]:
+        """Measure one loaded checkpoint (checkpoint scope)."""
         raise NotImplementedError
+
+    def measure_pair(self, ctx: PairContext) -> Iterable[Measurement]:
+        """Measure a checkpoint against the previous selected one of its run (pair scope)."""
+        raise NotImplementedError
+
+    def measure_trajectory(self, ctx: TrajectoryContext) -> Iterable[Measurement]:
+        """Measure one run from its earlier records and training log (trajectory scope)."""
+        raise NotImplementedError
+
+    def measure_suite(self, ctx: SuiteContext) -> Iterable[Measurement]:
+        """Measure a family across sizes from the run root's records (suite scope)."""
+        raise NotImplementedError
+
+    def measure_at(self, scope: Scope, ctx: Any) -> Iterable[Measurement]:
+        """Call the method of ``scope`` (what the runner does for every unit)."""
+        if scope not in self.scopes:
+            raise ConfigError(f"metric '{self.name}' has no {Scope(scope).value} scope (it has: "
+                              f"{', '.join(s.value for s in self.scopes) or 'none'})")
+        if getattr(type(self), f"measure_{Scope(scope).value}") is getattr(Metric, f"measure_{Scope(scope).value}"):
+            return self.measure(ctx)  # type: ignore[attr-defined]  # the old contract (see __init_subclass__)
+        return getattr(self, f"measure_{Scope(scope).value}")(ctx)
 
     def plots(self, records: pd.DataFrame, out_dir: Path) -> list[Path]:
         """Optional: draw this metric's figures from its records; return the files."""
         return []
+
+
+# ---- binding declared parameters -----------------------------------------------------------
+
+
+def _check_param_names(cls: type) -> None:
+    """A parameter becomes an attribute: it must not hide a method or class attribute."""
+    declared = cls.__dict__.get("Params")
+    if declared is None or declared is Params:
+        return
+    if not (isinstance(declared, type) and issubclass(declared, Params)):
+        raise TypeError(f"{cls.__qualname__}.Params must subclass harness.params.Params")
+    for name in declared.names():
+        if name in ("params", "data", "workdir") or any(name in vars(k) for k in cls.__mro__ if k is not object):
+            raise TypeError(f"{cls.__qualname__}: parameter {name!r} would hide the attribute of that name")
+
+
+def _bind_params(obj: Any, values: Mapping[str, Any], owner: str) -> dict[str, Any]:
+    """Validate ``values`` against the plugin's declaration; set each as an attribute.
+
+    A plugin that declares no ``Params`` keeps the earlier contract: its values are stored
+    as given (it validated them itself).
+    """
+    declared = type(obj).Params
+    if declared is Params:
+        return dict(values)
+    bound = declared.from_config(values, owner=owner)
+    for name in declared.names():
+        setattr(obj, name, getattr(bound, name))
+    obj.p = bound
+    return bound.as_dict()

@@ -1,8 +1,10 @@
 """The Hydra entry point: ``python -m harness [overrides]``.
 
-Before Hydra composes anything, group choices on the command line (``model=``, ``metric=``,
+Before Hydra runs anything, group choices on the command line (``model=``, ``metric=``,
 ``checkpoints=``, ``data=``, ``experiment=``) are checked against the installed plugins and
-shipped configs, so a typo exits with "did you mean" instead of a stack trace.
+shipped configs, then the config is composed with Hydra's compose API (experiment presets
+included) and its keys and run settings are validated, so a typo or a bad value exits with one
+clear line ("did you mean") before a run directory exists, instead of a stack trace.
 """
 
 from __future__ import annotations
@@ -85,65 +87,132 @@ def check_group_choices(argv: list[str]) -> None:
             if name not in available and name != "null":
                 kind = {"checkpoints": "checkpoint preset"}.get(group, group)
                 raise HarnessError(unknown_name_message(kind, name, available))
-    _check_parameter_keys(parsed)
 
 
-def _option_keys(group: str, name: str) -> set[str] | None:
-    """Top-level keys of a shipped option's YAML (None when it is not a shipped file)."""
+def _variants(parsed: list[Any], multirun: bool) -> list[list[str]]:
+    """Override lists to compose: the command line itself, or under ``-m`` one list per value
+    of each sweep (the others at their first value), so every value is checked once."""
+    def line(ov: Any, value: str | None = None) -> str:
+        if value is None:
+            return ov.input_line
+        return f"{ov.input_line.split('=', 1)[0]}={value}"
+
+    sweeps = [ov for ov in parsed if ov.is_sweep_override()] if multirun else []
+    if not sweeps:
+        return [[ov.input_line for ov in parsed]]
+    try:
+        values = {id(ov): list(ov.sweep_string_iterator()) for ov in sweeps}
+    except Exception:  # noqa: BLE001 (a glob or an exotic sweep: Hydra expands and checks it)
+        return []
+    base = [line(ov, values[id(ov)][0]) if id(ov) in values else line(ov) for ov in parsed]
+    out = [base]
+    for i, ov in enumerate(parsed):
+        for v in values.get(id(ov), [])[1:]:
+            out.append([*base[:i], line(ov, v), *base[i + 1:]])
+    return out
+
+
+def _compose(overrides: list[str]) -> Any:
+    from hydra import compose, initialize_config_module
+
+    with initialize_config_module(config_module="harness.conf", version_base="1.3"):
+        return compose(config_name="config", overrides=overrides)
+
+
+#: Hydra flags that print and exit without running a job
+INSPECT_FLAGS = frozenset({"--cfg", "-c", "--info", "-i", "--help", "-h", "--hydra-help", "--shell-completion", "-sc"})
+
+
+def check_composed(argv: list[str]) -> None:
+    """Compose the config exactly as Hydra will (its compose API, experiment presets included)
+    and check it before Hydra creates any run directory:
+
+    * an unknown parameter key gets "did you mean" (``model.temprature=1``);
+    * every top-level run setting is validated (`harness.validate.validate_run_config`);
+    * the results directory is judged writable (`harness.store.check_writable`, the one check).
+
+    What Hydra itself rejects for other reasons is left to Hydra's own message.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import ConfigCompositionException, HydraException
     from omegaconf import OmegaConf
 
+    from harness import store
+    from harness.validate import validate_run_config
+
+    if any(a in INSPECT_FLAGS or a.startswith("--cfg=") for a in argv):
+        return  # Hydra only prints (config, help, info): nothing runs, so nothing is refused
+    lines = [a for a in argv if not a.startswith("-")]
     try:
-        text = (resources.files("harness.conf") / group / f"{name}.yaml").read_text()
-    except (FileNotFoundError, NotADirectoryError, ModuleNotFoundError):
-        return None
-    node = OmegaConf.create(text)
-    if group == "metric":
-        node = node.get(name) or {}
-    return {str(k) for k in node.keys()}
-
-
-def _check_parameter_keys(parsed: list[Any]) -> None:
-    """``model.temprature=1`` -> "unknown parameter model.temprature; did you mean temperature?".
-
-    Only plain overrides of the chosen (shipped) model and metric options are checked; ``+key``
-    adds a key on purpose, and an experiment preset may reshape the config, so both are left to Hydra.
-    """
-    choices: dict[str, list[str]] = {"model": [], "metric": []}
-    for ov in parsed:
-        if ov.key_or_group == "experiment":
+        parsed = OverridesParser.create().parse_overrides(lines)
+    except Exception:  # noqa: BLE001 (Hydra reports malformed overrides itself)
+        return
+    parsed = [ov for ov in parsed if not ov.key_or_group.startswith("hydra")]
+    for overrides in _variants(parsed, sweep.is_multirun(argv)):
+        try:
+            cfg = _compose(overrides)
+        except ConfigCompositionException as exc:
+            raise HarnessError(_composition_message(exc, overrides)) from None
+        except HydraException:
             return
-        if ov.key_or_group in choices and not ov.package and not ov.is_delete():
-            choices[ov.key_or_group] = _values(ov)
-    model = (choices["model"] or ["toy_softmax"])[0]
-    for ov in parsed:
-        key = ov.key_or_group
-        if ov.is_add() or ov.is_force_add() or ov.is_delete() or "." not in key:
+        try:
+            plain = OmegaConf.to_container(cfg, resolve=True)
+        except Exception:  # noqa: BLE001 (an interpolation only the job can resolve: checked there)
             continue
-        parts = key.split(".")
-        if parts[0] == "model" and len(parts) >= 2:
-            group, name, param = "model", model, parts[1]
-        elif parts[0] == "metric" and len(parts) >= 3:
-            group, name, param = "metric", parts[1], parts[2]
-        else:
-            continue
-        keys = _option_keys(group, name)
-        if keys is None or param in keys:
-            continue
-        prefix = f"{group}." if group == "model" else f"metric.{name}."
-        known = sorted(k for k in keys if k != "_target_")
-        close = suggest(param, known)
-        msg = f"Unknown parameter '{prefix}{param}' for {group} '{name}'."
-        if close:
-            msg += f" Did you mean: {', '.join(prefix + c for c in close)}?"
-        msg += f"\nParameters of {group} '{name}': {', '.join(known)}"
-        raise HarnessError(msg + f"\n(to add a new key on purpose, write +{key}=...)")
+        validate_run_config(plain)
+        store.check_writable(Path(str(plain.get("results_dir") or "results")), sweep.MIN_FREE_BYTES, create=False)
+
+
+def _composition_message(exc: Exception, overrides: list[str]) -> str:
+    """Hydra's composition error as one clear message; unknown keys get "did you mean"."""
+    import re
+
+    from omegaconf import OmegaConf
+
+    text = str(exc).strip()
+    m = re.match(r"Could not override '([^']+)'", text)
+    if not m:
+        return text.splitlines()[0] if text else type(exc).__name__
+    key = m.group(1)
+    parent, _, param = key.rpartition(".")
+    rest = [o for o in overrides if o.split("=", 1)[0].lstrip("~+") != key]
+    try:
+        node = OmegaConf.select(_compose(rest), parent) if parent else None
+    except Exception:  # noqa: BLE001
+        node = None
+    if node is None or not hasattr(node, "keys"):
+        return text.splitlines()[0]
+    known = sorted(str(k) for k in node.keys() if k != "_target_")
+    close = suggest(param, known)
+    owner = parent.split(".")
+    if owner[0] == "model":
+        what = f"model '{_choice(overrides, 'model') or 'toy_softmax'}'"
+    elif owner[0] == "metric" and len(owner) > 1:
+        what = f"metric '{owner[1]}'"
+    else:
+        what = f"'{parent}'"
+    msg = f"Unknown parameter '{key}' for {what}."
+    if close:
+        msg += f" Did you mean: {', '.join(f'{parent}.{c}' for c in close)}?"
+    msg += f"\nParameters of {what}: {', '.join(known)}"
+    return msg + f"\n(to add a new key on purpose, write +{key}=...)"
+
+
+def _choice(overrides: list[str], group: str) -> str | None:
+    for o in overrides:
+        k, _, v = o.partition("=")
+        if k == group:
+            return v
+    return None
 
 
 def print_error(message: str) -> None:
     """One clear line (or a few) on stderr, never wrapped or highlighted, never a traceback."""
     from rich.console import Console
+    from rich.markup import escape
 
-    Console(stderr=True, soft_wrap=True, highlight=False).print(f"[red]error:[/red] {message}")
+    # escaped: a message naming `harness[ray]` or `metric=[a,b]` must not be read as rich markup
+    Console(stderr=True, soft_wrap=True, highlight=False).print(f"[red]error:[/red] {escape(message)}")
 
 
 def run_from_config(cfg: Any) -> int:
@@ -153,17 +222,15 @@ def run_from_config(cfg: Any) -> int:
 
     from harness.config_tree import print_config_tree
     from harness.runner import RunSpec, Runner, resolve_model_name
-
-    from harness import store
+    from harness.validate import validate_run_config
 
     hydra_cfg = HydraConfig.get()
     plain = OmegaConf.to_container(cfg, resolve=True)
     run_dir = Path(hydra_cfg.runtime.output_dir)
     multirun = hydra_cfg.mode.name == "MULTIRUN"
     run_root = Path(hydra_cfg.sweep.dir) if multirun else run_dir
-    store.check_writable(run_dir)  # before anything is built, trained or loaded
+    validate_run_config({k: v for k, v in plain.items()})  # again: a sweep's jobs may differ
     choices = dict(hydra_cfg.runtime.choices)
-    print_config_tree(cfg, run_dir / "config_tree.txt", show=plain.get("print_config", True) and not multirun)
     model_name = resolve_model_name(plain["model"], choices.get("model"))
     spec = RunSpec(
         model_name=model_name,
@@ -189,7 +256,8 @@ def run_from_config(cfg: Any) -> int:
     )
     if not spec.metrics:
         raise HarnessError("no metric selected: choose one with metric=NAME or 'metric=[a,b]'")
-    runner = Runner(spec)
+    runner = Runner(spec)  # checks the run directory is writable before anything is built or loaded
+    print_config_tree(cfg, run_dir / "config_tree.txt", show=plain.get("print_config", True) and not multirun)
     summary = runner.run()
     from harness.summary import finish_run
 
@@ -215,16 +283,16 @@ def main() -> None:
     `harness.sweep.SweepSummary` prints one line over all jobs and sets the exit code.
     """
     argv = sys.argv[1:]
+    sweep.add_checkout_plugins()  # before composing: the search-path and launcher plugins must be visible
     try:
         check_group_choices(argv)
         sweep.check_launcher(argv)
-        sweep.check_results_root(argv)
+        check_composed(argv)
     except HarnessError as exc:
         print_error(str(exc))
         sys.exit(EXIT_USER_ERROR)
     if sweep.is_multirun(argv):
         sys.argv.append(sweep.CALLBACK_OVERRIDE)
-    sweep.add_checkout_plugins()
     _hydra_entry()
     if sweep.EXIT_CODE:
         sys.exit(sweep.EXIT_CODE)
@@ -239,11 +307,37 @@ def _task(cfg: Any) -> None:
     except HarnessError as exc:
         print_error(str(exc))
         if not multirun:
+            remove_unstarted_run_dir(Path(HydraConfig.get().runtime.output_dir))
             sys.exit(EXIT_USER_ERROR)
         sweep.write_job_status(Path(HydraConfig.get().runtime.output_dir), EXIT_USER_ERROR, message=str(exc))
         return
     if code and not multirun:
         sys.exit(code)
+
+
+#: what a run directory holds before any unit ran: Hydra's files, our log, tree and manifest
+_UNSTARTED = frozenset({".hydra", "config_tree.txt", "harness.log", "run.json", ".claims"})
+
+
+def remove_unstarted_run_dir(run_dir: Path) -> bool:
+    """Delete ``run_dir`` when a refused run leaves nothing in it but start-up files.
+
+    A directory holding anything else (records, artifacts, a report, files of an earlier run)
+    is kept as it is. Returns whether it was removed.
+    """
+    import shutil
+
+    try:
+        entries = list(run_dir.iterdir())
+    except OSError:
+        return False
+    if any(p.name not in _UNSTARTED for p in entries):
+        return False
+    if (run_dir / ".claims").is_dir() and any((run_dir / ".claims").iterdir()):
+        return False
+    logging.shutdown()  # close our log file in it first
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return not run_dir.exists()
 
 
 def _hydra_entry() -> None:

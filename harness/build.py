@@ -21,10 +21,12 @@ GROUP = "harness.builders"
 
 
 def builders() -> dict[str, Any]:
+    """The suite builders registered under the ``harness.builders`` entry-point group."""
     return {ep.name: ep for ep in entry_points(group=GROUP)}
 
 
 def parse_args(argv: list[str]) -> tuple[str, dict[str, Any]]:
+    """``suite=NAME key=value ...`` -> (suite name, builder parameters)."""
     from omegaconf import OmegaConf
 
     bad = [a for a in argv if "=" not in a]
@@ -38,6 +40,7 @@ def parse_args(argv: list[str]) -> tuple[str, dict[str, Any]]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m harness.build suite=NAME [key=value ...]``: build a suite, print where."""
     from rich.console import Console
 
     console = Console(stderr=True)

@@ -6,6 +6,7 @@
     harness show RUN             the run manifest as a tree
     harness report RUN...        tables and plots from stored records
     harness compare A B          differences between two runs
+    harness new metric NAME      write a complete outside plugin package (also: new model NAME)
     harness forecast [backtest] RUN...   final performance from early checkpoints (docs/forecast.md)
 
 Subcommands other packages add: ``harness.report.add_commands(subparsers)``.
@@ -63,7 +64,20 @@ def _show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _new(args: argparse.Namespace) -> int:
+    from harness.scaffold import new_plugin
+
+    files = new_plugin(args.kind, args.name, Path(args.dir))
+    root = files[0].parent
+    print(f"wrote {len(files)} files under {root}:")
+    for f in files:
+        print(f"  {f.relative_to(root.parent)}")
+    print(f"next: cd {root} && pip install -e .[test] && pytest")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """The ``harness`` argument parser with its subcommands."""
     parser = argparse.ArgumentParser(prog="harness", description="Benchmark harness for training dynamics.")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("ls", help="list discovered plugins")
@@ -72,6 +86,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run a sweep (same as python -m harness)")
     p.add_argument("overrides", nargs=argparse.REMAINDER)
     p.set_defaults(func=_run)
+    p = sub.add_parser("new", help="write a new plugin package (metric or model) that passes its tests")
+    p.add_argument("kind", choices=["metric", "model"])
+    p.add_argument("name", help="the plugin name (entry point, config file stem and class `name`)")
+    p.add_argument("--dir", default=".", help="where to create harness-<name>/ (default: here)")
+    p.set_defaults(func=_new)
     p = sub.add_parser("show", help="print a run's manifest")
     p.add_argument("run")
     p.set_defaults(func=_show)
@@ -88,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the ``harness`` command; a user error prints one line and exits 2."""
     from harness.app import print_error
 
     args = build_parser().parse_args(argv)

@@ -7,6 +7,7 @@ from typing import Any
 
 
 def print_config_tree(cfg: Any, save_to: Path | None = None, show: bool = True) -> None:
+    """Print the composed config as a rich tree (and save it as text to ``save_to``)."""
     from omegaconf import OmegaConf
     from rich.console import Console
     from rich.syntax import Syntax

@@ -47,7 +47,6 @@ import logging
 import math
 import os
 import sys
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -288,17 +287,12 @@ def train_tokenizer(
         tokenizer_object=tok, eos_token=EOS_TOKEN, bos_token=EOS_TOKEN, unk_token=EOS_TOKEN, pad_token=PAD_TOKEN
     )
     if target is not None:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        # NOTE: save into a temporary sibling and rename, so a concurrent builder never sees
-        # a half-written tokenizer directory.
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-        fast.save_pretrained(str(tmp))
-        try:
-            tmp.rename(target)
-        except OSError:  # another process won the race: use its copy
-            import shutil
+        from harness.atomic import atomic_dir
 
-            shutil.rmtree(tmp, ignore_errors=True)
+        # a concurrent builder never sees a half-written tokenizer directory; when another
+        # process renamed its (identical) copy in first, ours is dropped
+        with atomic_dir(target, replace=False) as tmp:
+            fast.save_pretrained(str(tmp))
         return PreTrainedTokenizerFast.from_pretrained(str(target))
     return fast
 

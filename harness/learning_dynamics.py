@@ -36,13 +36,12 @@ import logging
 import math
 import os
 import re
-import tempfile
 from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from harness.api import HarnessError
+from harness.api import FieldUnavailable, HarnessError
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -80,8 +79,11 @@ class LearningDynamicsError(HarnessError):
     """A learning-dynamics file is missing, truncated or holds something other than tensors."""
 
 
-class NotStoredError(LearningDynamicsError):
-    """The requested split/kind was not stored at this step (e.g. ``train`` at the last step)."""
+class NotStoredError(LearningDynamicsError, FieldUnavailable):
+    """The requested split/kind was not stored at this step (e.g. ``train`` at the last step).
+
+    A `FieldUnavailable`: a metric that needs it gets a ``skipped`` record with this reason.
+    """
 
 
 # ---- names and paths -------------------------------------------------------------------
@@ -187,6 +189,7 @@ class StepDynamics:
         return f"step {self.step}" if self.step is not None else str(self.directory)
 
     def has(self, split: str, kind: str) -> bool:
+        """Whether this step stored ``split``/``kind`` (read or on disk)."""
         return (split, kind) in self._cache or file_path(self.directory, split, kind).is_file()
 
     def available(self) -> list[tuple[str, str]]:
@@ -234,6 +237,7 @@ class StepDynamics:
         return self._cache[key]
 
     def clear(self) -> None:
+        """Drop the tensors read so far."""
         self._cache.clear()
 
 
@@ -243,16 +247,10 @@ class StepDynamics:
 def _atomic_save(obj: Any, path: Path) -> None:
     import torch
 
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from harness.atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def write_split(

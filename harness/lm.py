@@ -20,7 +20,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from harness.api import Checkpoint, CheckpointRef
+from harness.api import Checkpoint, CheckpointRef, FieldUnavailable
 
 
 def select_names(names: Sequence[str], patterns: Sequence[str] | None) -> list[str]:
@@ -31,6 +31,7 @@ def select_names(names: Sequence[str], patterns: Sequence[str] | None) -> list[s
 
 
 def tokens_fingerprint(batches: Sequence[torch.Tensor], source: str = "") -> str:
+    """A short hash of token batches (shapes and ids) and their source: provenance of evaluation data."""
     h = hashlib.sha256(source.encode())
     for b in batches:
         h.update(str(tuple(b.shape)).encode())
@@ -39,6 +40,7 @@ def tokens_fingerprint(batches: Sequence[torch.Tensor], source: str = "") -> str
 
 
 def model_logits(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None):
+    """Logits of a causal LM (transformers output, tuple or tensor) for ``input_ids``."""
     out = model(input_ids=input_ids, attention_mask=attention_mask) if attention_mask is not None else model(
         input_ids
     )
@@ -77,42 +79,51 @@ class CausalLMCheckpoint(Checkpoint):
 
     @property
     def tokenizer(self) -> Any:
+        """The tokenizer given at construction (`FieldUnavailable` when there is none)."""
         if self._tokenizer is None:
             return super().tokenizer
         return self._tokenizer
 
     @property
     def model(self) -> torch.nn.Module:
+        """The model, in eval mode, on this checkpoint's device."""
         return self._model
 
     def eval_batches(self, split: str = "val") -> list[torch.Tensor]:
+        """The fixed token batches of ``split`` (`FieldUnavailable` for a split it does not have)."""
         if split not in self._splits:
-            raise NotImplementedError(f"no evaluation split {split!r} (have: {', '.join(self._splits) or 'none'})")
+            raise FieldUnavailable(f"no evaluation split {split!r} (have: {', '.join(self._splits) or 'none'})")
         return self._splits[split]
 
     @property
     def data_fingerprint(self) -> str | None:
+        """Hash of every split's batches and the data source."""
         if not self._splits:
             return None
         return tokens_fingerprint([b for s in sorted(self._splits) for b in self._splits[s]], self._data_source)
 
     def logits(self, batch: Any, model: torch.nn.Module | None = None) -> torch.Tensor:
+        """Logits (B, S, V) of ``batch`` under ``model`` (default: this checkpoint's)."""
         return model_logits(model or self._model, batch.to(self.device))
 
     def per_example_loss(self, batch: Any, model: torch.nn.Module | None = None) -> torch.Tensor:
+        """Next-token cross-entropy per position, shape (B, S-1)."""
         batch = batch.to(self.device)
         return per_token_loss(self.logits(batch, model), batch)
 
     def field_kinds(self) -> tuple[str, ...]:
+        """``weights`` only; families add deltas and gradients."""
         return ("weights",)
 
     def field(self, kind: str, modules: Sequence[str] | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+        """The model's parameters (``weights``), selected by glob patterns on their names."""
         if kind != "weights":
             return super().field(kind, modules)
         params = dict(self._model.named_parameters())
         return ((n, params[n].detach()) for n in select_names(list(params), modules))
 
     def close(self) -> None:
+        """Drop the model so its memory can be freed."""
         self._model = None  # type: ignore[assignment]
 
 
@@ -142,5 +153,6 @@ def tiny_gpt_neox(vocab_size: int = 64, hidden: int = 32, layers: int = 2, heads
 
 def random_token_batches(vocab_size: int, n_batches: int, batch_size: int, seq_len: int = 16,
                          seed: int = 0) -> list[torch.Tensor]:
+    """Seeded random token batches (n_batches of (batch_size, seq_len)) for tests and demos."""
     g = torch.Generator().manual_seed(seed)
     return [torch.randint(0, vocab_size, (batch_size, seq_len), generator=g) for _ in range(n_batches)]

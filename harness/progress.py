@@ -20,6 +20,7 @@ class _NoProgress:
 
 
 def progress_enabled(mode: str | bool = "auto") -> bool:
+    """Whether progress bars show: ``auto`` = on a TTY and not under CI."""
     if isinstance(mode, bool):
         return mode
     mode = str(mode).lower()
@@ -32,6 +33,7 @@ def progress_enabled(mode: str | bool = "auto") -> bool:
 
 @contextmanager
 def make_progress(mode: str | bool = "auto") -> Iterator[Any]:
+    """A rich ``Progress`` (a no-op stand-in when bars are off), as a context manager."""
     if not progress_enabled(mode):
         yield _NoProgress()
         return

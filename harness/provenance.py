@@ -46,6 +46,7 @@ def _strip(obj: Any) -> Any:
 
 
 def canonical_json(obj: Any) -> str:
+    """JSON with sorted keys and no whitespace: what config hashes are taken over."""
     return json.dumps(_strip(obj), sort_keys=True, separators=(",", ":"), default=str)
 
 
@@ -83,6 +84,7 @@ def git_state(path: str | None = None) -> tuple[str | None, bool | None]:
 
 @functools.cache
 def package_versions() -> dict[str, str]:
+    """Versions of the packages whose behaviour the numbers depend on."""
     out = {"python": platform.python_version()}
     for name in TRACKED_PACKAGES:
         try:
@@ -93,6 +95,7 @@ def package_versions() -> dict[str, str]:
 
 
 def host_facts() -> dict[str, Any]:
+    """Host name, platform, CPU count, torch threads and CUDA devices, for the manifest."""
     facts: dict[str, Any] = {
         "hostname": socket.gethostname(),
         "platform": platform.platform(),
@@ -109,6 +112,7 @@ def host_facts() -> dict[str, Any]:
 
 
 def peak_rss_mb() -> float | None:
+    """Peak resident memory of this process in MiB (None where the platform does not say)."""
     try:
         import resource
 

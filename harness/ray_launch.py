@@ -108,7 +108,11 @@ def check_shared_storage(run_root: Path, cache_root: Path | None, timeout: float
         probe = ray.remote(num_cpus=0, max_retries=0)(_probe)
         refs = [probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
                 .remote(paths, tokens) for n in nodes]
-        answers = ray.get(refs, timeout=timeout)
+        try:
+            answers = ray.get(refs, timeout=timeout)
+        except ray.exceptions.GetTimeoutError as exc:
+            raise HarnessError(f"the Ray nodes did not answer the shared-storage probe within {timeout:.0f} s "
+                               f"({len(nodes)} alive nodes); no job was started") from exc
     finally:
         for path in paths:
             Path(path).unlink(missing_ok=True)

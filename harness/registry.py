@@ -22,13 +22,14 @@ import ast
 import difflib
 import importlib
 import importlib.util
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import cache
 from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 from typing import Any
 
-from harness.api import ConfigError
+from harness.api import ConfigError, ParameterError
 
 GROUPS = {"model": "harness.models", "metric": "harness.metrics"}
 
@@ -43,6 +44,7 @@ def suggest(name: str, available: list[str]) -> list[str]:
 
 
 def unknown_name_message(kind: str, name: str, available: list[str]) -> str:
+    """"Unknown <kind> 'x'. Did you mean: ...? Available <kind>s: ..." for a name no plugin has."""
     msg = f"Unknown {kind} '{name}'."
     close = suggest(name, available)
     if close:
@@ -132,6 +134,7 @@ class Registry:
         self._extra[name] = cls
 
     def names(self) -> list[str]:
+        """Every registered name, sorted."""
         return sorted(set(self._eps) | set(self._extra))
 
     def __contains__(self, name: str) -> bool:
@@ -145,6 +148,7 @@ class Registry:
         return self._require(name).value
 
     def targets(self) -> dict[str, str]:
+        """name -> ``module:Class`` of every registered plugin."""
         return {n: self.target(n) for n in self.names()}
 
     def _require(self, name: str) -> EntryPoint:
@@ -153,6 +157,7 @@ class Registry:
         return self._eps[name]
 
     def get(self, name: str) -> type:
+        """The plugin class of ``name``, imported now; its ``name`` must equal the entry-point name."""
         if name in self._extra:
             return self._extra[name]
         if name not in self._loaded:
@@ -171,6 +176,7 @@ class Registry:
         return self._loaded[name]
 
     def info(self, name: str) -> PluginInfo:
+        """What ``harness ls`` shows about ``name``, read without importing the plugin."""
         if name in self._extra:
             cls = self._extra[name]
             doc = (cls.__doc__ or "").strip().splitlines()
@@ -188,15 +194,18 @@ class Registry:
 
 @cache
 def models() -> Registry:
+    """The registry of model families (``harness.models`` entry points)."""
     return Registry("model", GROUPS["model"])
 
 
 @cache
 def metrics() -> Registry:
+    """The registry of metrics (``harness.metrics`` entry points)."""
     return Registry("metric", GROUPS["metric"])
 
 
 def registry(kind: str) -> Registry:
+    """The registry of one plugin kind (``model`` or ``metric``)."""
     if kind not in GROUPS:
         raise ConfigError(unknown_name_message("plugin kind", kind, list(GROUPS)))
     return models() if kind == "model" else metrics()
@@ -211,3 +220,88 @@ def import_target(target: str) -> Any:
     for part in attr.split("."):
         obj = getattr(obj, part)
     return obj
+
+
+# ---- building plugins from a resolved config ---------------------------------------------
+
+#: config keys that are instructions to Hydra/the harness, never plugin parameters
+RESERVED_KEYS = ("_target_",)
+
+
+def _norm_target(target: str) -> str:
+    return target.replace(":", ".")
+
+
+def check_target(kind: str, name: str, target: str | None, trusted: Iterable[str]) -> None:
+    """Refuse to instantiate anything but the registered plugin class or a trusted target."""
+    registered = registry(kind).target(name)
+    if target is None or _norm_target(target) == _norm_target(registered):
+        return
+    if _norm_target(target) in {_norm_target(t) for t in trusted}:
+        return
+    raise ConfigError(
+        f"{kind} '{name}': _target_ {target!r} is not the registered plugin class {registered!r}. "
+        "Add it to `trusted_targets` if you really mean to instantiate it."
+    )
+
+
+def plugin_params(node: Mapping[str, Any]) -> dict[str, Any]:
+    """A plugin's constructor keywords: its config node without the reserved keys."""
+    return {k: v for k, v in node.items() if k not in RESERVED_KEYS}
+
+
+def resolve_model_name(node: Mapping[str, Any], choice: str | None) -> str:
+    """The family's registry name: the config group choice, else the class its _target_ names."""
+    names = models().names()
+    if choice and choice in names:
+        return choice
+    target = node.get("_target_")
+    for name, registered in models().targets().items():
+        if target and _norm_target(registered) == _norm_target(target):
+            return name
+    raise ConfigError(unknown_name_message("model", str(choice or target), names))
+
+
+def build_family(node: Mapping[str, Any], name: str, data: Mapping[str, Any], workdir: Path,
+                 trusted: Iterable[str]) -> Any:
+    """Construct the model family ``name`` from its config node (after the `_target_` check)."""
+    check_target("model", name, node.get("_target_"), trusted)
+    cls = models().get(name)
+    try:
+        return cls(**plugin_params(node), data=dict(data), workdir=str(workdir))
+    except ParameterError as exc:
+        raise exc.with_prefix("model") from None
+    except TypeError as exc:
+        raise ConfigError(f"model '{name}': {exc}") from None
+
+
+def build_metrics(nodes: Mapping[str, Mapping[str, Any]], trusted: Iterable[str]) -> dict[str, Any]:
+    """Construct every selected metric, in dependency order (see `order_metrics`)."""
+    out: dict[str, Any] = {}
+    reg = metrics()
+    for name in nodes:
+        if name not in reg:
+            raise ConfigError(unknown_name_message("metric", name, reg.names()))
+    for name in order_metrics(nodes):
+        node = nodes[name]
+        check_target("metric", name, node.get("_target_"), trusted)
+        cls = reg.get(name)
+        try:
+            out[name] = cls(**plugin_params(node))
+        except ParameterError as exc:
+            raise exc.with_prefix(f"metric.{name}") from None
+        except TypeError as exc:
+            raise ConfigError(f"metric '{name}': {exc}") from None
+    return out
+
+
+def order_metrics(nodes: Mapping[str, Any]) -> list[str]:
+    """Metrics that others read (``Metric.reads``) run first; otherwise config order."""
+    names = list(nodes)
+    reads = {n: set(getattr(metrics().get(n), "reads", ())) for n in names}
+    ordered: list[str] = []
+    while names:
+        ready = [n for n in names if not (reads[n] & set(names) - {n})] or names[:1]
+        ordered.append(ready[0])
+        names.remove(ready[0])
+    return ordered

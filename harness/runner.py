@@ -15,27 +15,25 @@ record carrying the cause, and the sweep goes on.
 
 from __future__ import annotations
 
-import json
+import contextlib
 import logging
 import os
 import socket
 import time
 import traceback
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from harness import __version__, selection, store
 from harness.api import (
-    Checkpoint,
     CheckpointContext,
     CheckpointRef,
     ConfigError,
+    FieldUnavailable,
     HarnessError,
     Measurement,
-    Metric,
     ModelFamily,
     PairContext,
     ParameterError,
@@ -43,107 +41,38 @@ from harness.api import (
     SuiteContext,
     TrajectoryContext,
 )
+from harness.guards import FiniteFields, NonFiniteFieldError, guard_fields  # noqa: F401 (re-exported)
 from harness.progress import make_progress
-from harness.provenance import config_hash, git_state, host_facts, package_versions, peak_rss_mb, stable_id
-from harness.records import normalise
+from harness.provenance import config_hash, git_state, package_versions, stable_id
+from harness.unit_claims import CLAIMS_DIR, Claims
+from harness.records import MixedConfigurationError, RowSource, measurement_rows, one_configuration
+from harness.registry import (  # noqa: F401 (re-exported: building plugins moved to the registry)
+    _norm_target,
+    build_family,
+    build_metrics,
+    check_target,
+    order_metrics,
+    resolve_model_name,
+)
 from harness.registry import metrics as metric_registry
 from harness.registry import models as model_registry
-from harness.registry import unknown_name_message
 
 logger = logging.getLogger(__name__)
-
-RESERVED_KEYS = ("_target_",)
-
-
-# ---- building plugins from config -------------------------------------------------------
-
-
-def _norm_target(target: str) -> str:
-    return target.replace(":", ".")
-
-
-def check_target(kind: str, name: str, target: str | None, trusted: Iterable[str]) -> None:
-    """Refuse to instantiate anything but the registered plugin class or a trusted target."""
-    registered = (model_registry() if kind == "model" else metric_registry()).target(name)
-    if target is None or _norm_target(target) == _norm_target(registered):
-        return
-    if _norm_target(target) in {_norm_target(t) for t in trusted}:
-        return
-    raise ConfigError(
-        f"{kind} '{name}': _target_ {target!r} is not the registered plugin class {registered!r}. "
-        "Add it to `trusted_targets` if you really mean to instantiate it."
-    )
-
-
-def _params(node: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in node.items() if k not in RESERVED_KEYS}
-
-
-def resolve_model_name(node: Mapping[str, Any], choice: str | None) -> str:
-    """The family's registry name: the config group choice, else the class its _target_ names."""
-    names = model_registry().names()
-    if choice and choice in names:
-        return choice
-    target = node.get("_target_")
-    for name, registered in model_registry().targets().items():
-        if target and _norm_target(registered) == _norm_target(target):
-            return name
-    raise ConfigError(unknown_name_message("model", str(choice or target), names))
-
-
-def build_family(node: Mapping[str, Any], name: str, data: Mapping[str, Any], workdir: Path,
-                 trusted: Iterable[str]) -> ModelFamily:
-    check_target("model", name, node.get("_target_"), trusted)
-    cls = model_registry().get(name)
-    try:
-        return cls(**_params(node), data=dict(data), workdir=str(workdir))
-    except ParameterError as exc:
-        raise exc.with_prefix("model") from None
-    except TypeError as exc:
-        raise ConfigError(f"model '{name}': {exc}") from None
-
-
-def build_metrics(nodes: Mapping[str, Mapping[str, Any]], trusted: Iterable[str]) -> dict[str, Metric]:
-    out: dict[str, Metric] = {}
-    registry = metric_registry()
-    for name in nodes:
-        if name not in registry:
-            raise ConfigError(unknown_name_message("metric", name, registry.names()))
-    for name in order_metrics(nodes):
-        node = nodes[name]
-        check_target("metric", name, node.get("_target_"), trusted)
-        cls = registry.get(name)
-        try:
-            out[name] = cls(**_params(node))
-        except ParameterError as exc:
-            raise exc.with_prefix(f"metric.{name}") from None
-        except TypeError as exc:
-            raise ConfigError(f"metric '{name}': {exc}") from None
-    return out
-
-
-def order_metrics(nodes: Mapping[str, Any]) -> list[str]:
-    """Metrics that others read (``Metric.reads``) run first; otherwise config order."""
-    names = list(nodes)
-    reads = {n: set(getattr(metric_registry().get(n), "reads", ())) for n in names}
-    ordered: list[str] = []
-    while names:
-        ready = [n for n in names if not (reads[n] & set(names) - {n})] or names[:1]
-        ordered.append(ready[0])
-        names.remove(ready[0])
-    return ordered
-
 
 # ---- the run ----------------------------------------------------------------------------
 
 
 @dataclass
 class Summary:
+    """Counts of one job: records by status, units run / already done / left to another process."""
+
     ok: int = 0
     skipped: int = 0
     error: int = 0
     units_run: int = 0
     units_skipped: int = 0
+    #: units left to another live process on the same run_name (see `harness.unit_claims`)
+    units_claimed: int = 0
     run_dir: Path | None = None
     errors: list[str] = field(default_factory=list)
     #: distinct record warnings (e.g. dropped rows of a loss log), one per model x metric
@@ -152,6 +81,7 @@ class Summary:
     notes: list[str] = field(default_factory=list)
 
     def add(self, rows: Iterable[dict[str, Any]]) -> None:
+        """Count one unit's records."""
         for r in rows:
             setattr(self, r["status"], getattr(self, r["status"]) + 1)
             if r["status"] == "error" and len(self.errors) < 20:
@@ -162,7 +92,10 @@ class Summary:
                     self.warnings.append(w)
 
     def line(self) -> str:
+        """The one-line summary printed at the end of a run."""
         resumed = f", {self.units_skipped} units already done" if self.units_skipped else ""
+        if self.units_claimed:
+            resumed += f", {self.units_claimed} units claimed by another process"
         return (
             f"{self.ok} ok, {self.skipped} skipped, {self.error} error records "
             f"({self.units_run} units run{resumed}) -> {self.run_dir}"
@@ -198,6 +131,13 @@ class RunSpec:
     scores: list[str] = field(default_factory=list)
 
 
+class FamilyUnavailable(HarnessError):
+    """The family cannot offer its checkpoints at all (nothing to run)."""
+
+
+#: exception class names of hub clients meaning "offline and not cached"
+OFFLINE_ERRORS = frozenset({"OfflineModeIsEnabled", "LocalEntryNotFoundError"})
+
 SCOPE_NAMES = tuple(s.value for s in Scope)
 
 
@@ -213,6 +153,19 @@ def parse_scopes(value: Any) -> list[str] | None:
 
 
 class Runner:
+    """Executes one job of a sweep: plans its units, runs each once, writes records as it goes.
+
+    Built from a `RunSpec` (plain values). The runner's own job is execution: which units are
+    due (resume skips finished ones), loading each checkpoint once for all its checkpoint and
+    pair units, handing trajectory and suite units the records they read, and turning a unit
+    that raises into an ``error`` record while the sweep goes on. The other jobs live with
+    their data: plugins are built by `harness.registry`, rows by `harness.records`, the
+    manifest and record files by `harness.store`, NaN/Inf guards by `harness.guards`.
+
+    >>> summary = Runner(spec).run()      # doctest: +SKIP
+    >>> summary.line()                    # '12 ok, 0 skipped, 0 error records (...) -> results/x'
+    """
+
     def __init__(self, spec: RunSpec):
         self.spec = spec
         self.run_id = spec.run_root.name
@@ -241,11 +194,22 @@ class Runner:
             "device": spec.device,
             "hostname": socket.gethostname(),
         }
+        self.row_sources = {
+            name: RowSource(
+                provenance=self.provenance, family=self.family.name, metric=name, metric_version=m.version,
+                metric_config_hash=self.metric_hashes[name], plugin_dist=metric_registry().info(name).dist,
+                plugin_version=metric_registry().info(name).version, performance_kind=m.performance_kind,
+            )
+            for name, m in self.metrics.items()
+        }
         self.summary = Summary(run_dir=spec.run_root)
         self._known_rows: list[dict[str, Any]] | None = None  # see _records
+        self.claims = Claims(spec.run_root / CLAIMS_DIR)
+        self._claimed_elsewhere: list[str] = []  # units another live process was computing
 
     # -- planning ----------------------------------------------------------------------
     def unit_id(self, ref_model: str, step: int | None, metric: str, scope: Scope, pair_step: int | None = None) -> str:
+        """The stable id of one unit (what a resumed run recognises as done)."""
         return stable_id(
             self.family.name, self.model_hash, ref_model, step, pair_step, metric, scope.value,
             self.metric_hashes[metric], self.spec.seed,
@@ -259,88 +223,30 @@ class Runner:
         return {r["unit_id"] for r in rows}
 
     def metrics_with(self, scope: Scope) -> list[str]:
+        """The selected metrics that run at ``scope`` in this job."""
         if scope not in self.scopes:
             return []
         return [n for n, m in self.metrics.items() if scope in m.scopes]
 
     # -- records ------------------------------------------------------------------------
-    def _rows(self, measurements: list[Measurement], *, metric: str, scope: Scope, unit_id: str,
-              ref: CheckpointRef | None, refs_by_size: Mapping[str, CheckpointRef] | None = None,
-              pair_step: int | None = None, model_id: str | None = None, started: float,
-              load_time: float | None = None, data_fingerprint: str | None = None) -> list[dict[str, Any]]:
-        m = self.metrics[metric]
-        ep = metric_registry().info(metric)
-        wall = time.time() - started
-        started_at = datetime.fromtimestamp(started, timezone.utc).isoformat()
-        rows = []
-        for meas in measurements:
-            base_ref = ref
-            if refs_by_size and meas.size in refs_by_size:
-                base_ref = refs_by_size[meas.size]
-            row = {
-                **self.provenance,
-                "unit_id": unit_id,
-                "unit_n": len(measurements),
-                "family": self.family.name,
-                "model_id": base_ref.model_id if base_ref else model_id,
-                "size": meas.size or (base_ref.size if base_ref else None),
-                "n_params": base_ref.n_params if base_ref else None,
-                "checkpoint": base_ref.label if base_ref and meas.step is None else (
-                    f"step{meas.step}" if meas.step is not None else None),
-                "step": meas.step if meas.step is not None else (base_ref.step if base_ref else None),
-                "pair_step": pair_step,
-                "tokens_seen": base_ref.tokens_seen if base_ref and meas.step is None else None,
-                "learning_rate": base_ref.learning_rate if base_ref and meas.step is None else None,
-                "revision": base_ref.revision if base_ref else None,
-                "weights_sha": (base_ref.meta or {}).get("weights_sha") if base_ref else None,
-                "metric": metric,
-                "metric_version": m.version,
-                "scope": scope.value,
-                "measure": meas.measure,
-                "task": meas.task,
-                "layer": meas.layer,
-                "value": meas.value,
-                "stderr": meas.stderr,
-                "n": meas.n,
-                "unit": meas.unit,
-                "higher_is_better": meas.higher_is_better,
-                "performance": m.performance_kind(meas) if meas.status == "ok" else None,
-                "status": meas.status,
-                "message": meas.message,
-                "warning": meas.warning or ((base_ref.meta or {}).get("warning") if base_ref else None),
-                "data_fingerprint": data_fingerprint,
-                "metric_config_hash": self.metric_hashes[metric],
-                "plugin_dist": ep.dist,
-                "plugin_version": ep.version,
-                "versions": package_versions(),
-                "started_at": started_at,
-                "wall_time_s": wall,
-                "load_time_s": load_time,
-                "peak_mem_mb": peak_rss_mb(),
-                "extra": meas.extra or None,
-            }
-            rows.append(normalise(row))
-        ids = [r["record_id"] for r in rows]
-        if len(set(ids)) != len(ids):
-            dup = sorted({(r["measure"], r["task"], r["layer"], r["step"]) for r in rows
-                          if ids.count(r["record_id"]) > 1}, key=str)
-            raise HarnessError(
-                f"metric '{metric}' produced measurements with the same identity {dup[:3]}: "
-                "they must differ in measure, task, layer, step or size"
-            )
-        return rows
+    def _rows(self, measurements: list[Measurement], *, metric: str, scope: Scope, **kw: Any) -> list[dict[str, Any]]:
+        return measurement_rows(measurements, self.row_sources[metric], scope=scope.value, **kw)
 
     def _run_unit(self, writer: store.RecordWriter, metric: str, scope: Scope, ctx: Any, *,
                   unit_id: str, ref: CheckpointRef | None, **kw: Any) -> None:
         started = time.time()
         try:
-            measurements = list(self.metrics[metric].measure(ctx) or [])
+            measurements = list(self.metrics[metric].measure_at(scope, ctx) or [])
             if not measurements:
                 measurements = [Measurement.skipped("*", f"metric '{metric}' returned no measurements at {scope.value} scope")]
             rows = self._rows(measurements, metric=metric, scope=scope, unit_id=unit_id, ref=ref,
                               started=started, **kw)
         except (KeyboardInterrupt, SystemExit, store.StoreError):
             raise
+        except FieldUnavailable as exc:  # the checkpoint cannot offer what the metric needs: skipped
+            kw.pop("refs_by_size", None)
+            rows = self._rows([Measurement.skipped("*", str(exc))], metric=metric, scope=scope, unit_id=unit_id,
+                              ref=ref, started=started, **kw)
         except Exception as exc:  # a failing metric must not stop the sweep
             logger.debug("unit %s failed", unit_id, exc_info=True)
             logger.warning("%s %s at %s: %s", metric, scope.value, ref.label if ref else kw.get("model_id"), exc)
@@ -350,12 +256,35 @@ class Runner:
         self._emit(writer, rows)
 
     def _emit(self, writer: store.RecordWriter, rows: list[dict[str, Any]]) -> None:
-        """Append one unit's records, count them, and keep the in-memory view current."""
+        """Append one unit's records, count them, keep the in-memory view current, drop its claim."""
         writer.write_unit(rows)
         self.summary.add(rows)
         self.summary.units_run += 1
         if self._known_rows is not None:
             self._known_rows.extend(rows)
+        if rows:
+            self.claims.release(rows[0]["unit_id"], done=True)
+
+    def _due(self, unit_id: str, done: set[str]) -> bool:
+        """Whether this job computes ``unit_id`` now: not finished, and claimed by this process."""
+        if unit_id in done:
+            return False
+        if self.claims.claim(unit_id):
+            return True
+        self._claimed_elsewhere.append(unit_id)
+        self.summary.units_claimed += 1
+        return False
+
+    def _wait_for_others(self) -> None:
+        """Before reading records for a trajectory/suite unit: let other processes finish the
+        units this job left to them, then read the run root afresh (their records included)."""
+        if not self._claimed_elsewhere:
+            return
+        logger.info("waiting for %d units claimed by another process", len(self._claimed_elsewhere))
+        for unit_id in self._claimed_elsewhere:
+            self.claims.wait(unit_id)
+        self._claimed_elsewhere.clear()
+        self._known_rows = None
 
     def _records(self, column: str, value: Any):
         """Finished records of the run root where ``column == value``, for trajectory/suite scopes.
@@ -363,10 +292,27 @@ class Runner:
         The run root is read from disk once, at the first trajectory or suite unit (by then the
         inputs of a two-stage sweep exist), and kept current with what this job writes after.
         """
+        self._wait_for_others()
         if self._known_rows is None:
             self._known_rows = store.load_rows(self.spec.run_root)
         rows = [r for r in store.finished(self._known_rows) if r.get(column) == value]
+        rows, ignored = one_configuration(rows, model_config_hash=self.model_hash,
+                                          metric_config_hashes=self.metric_hashes, seed=self.spec.seed)
+        if ignored:
+            logger.warning("ignored %d records of other configurations under %s (%s=%s): a reused run_name?",
+                           ignored, self.spec.run_root, column, value)
         return store.to_frame(rows)
+
+    def _records_or_error(self, writer: store.RecordWriter, column: str, value: Any, *, metric: str,
+                          scope: Scope, unit_id: str, **kw: Any):
+        """`_records`, or None after writing the unit's ``error`` record when the records mix configurations."""
+        try:
+            return self._records(column, value)
+        except MixedConfigurationError as exc:
+            logger.warning("%s %s: %s", metric, scope.value, exc)
+            self._emit(writer, self._rows([Measurement.error("*", str(exc))], metric=metric, scope=scope,
+                                          unit_id=unit_id, started=time.time(), **kw))
+            return None
 
     def _ctx_common(self, metric: str) -> dict[str, Any]:
         return {
@@ -377,10 +323,11 @@ class Runner:
 
     # -- phases -------------------------------------------------------------------------
     def run(self) -> Summary:
+        """Run every unit not yet done, consolidate the records and write the manifest."""
         t0 = time.time()
         self._write_manifest(started=t0)
-        self.family.prepare()
-        all_refs = list(self.family.checkpoints())
+        self._prepare_metrics()
+        all_refs = self._offered_checkpoints()
         refs = selection.select(all_refs, self.spec.checkpoints)
         missing = selection.missing_steps(all_refs, self.spec.checkpoints)
         if missing:
@@ -388,6 +335,7 @@ class Runner:
         if not refs:
             raise ConfigError(f"the checkpoint selection {self.spec.checkpoints} left no checkpoint of "
                               f"family '{self.family.name}' ({len(all_refs)} offered)")
+        self.claims.since = time.time()
         done = self._done()
         by_model: dict[str, list[CheckpointRef]] = {}
         for ref in refs:
@@ -411,7 +359,8 @@ class Runner:
         writer_path = self.spec.run_dir / f"records-{socket.gethostname()}-{os.getpid()}.jsonl"
         n_tasks = (len(refs) if ckpt_metrics or pair_metrics else 0) + len(by_model) * bool(traj_metrics) + bool(
             suite_metrics)
-        with store.RecordWriter(writer_path) as writer, make_progress(self.spec.progress) as progress:
+        with store.RecordWriter(writer_path) as writer, make_progress(self.spec.progress) as progress, \
+                contextlib.closing(_ReleaseAll(self.claims)):
             self._score_phase(writer, refs, all_refs, done)
             task = progress.add_task(f"{self.family.name}", total=max(n_tasks, 1))
             for model_id, model_refs in by_model.items():
@@ -434,14 +383,42 @@ class Runner:
         self._write_manifest(started=t0, finished=time.time())
         return self.summary
 
+    def _prepare_metrics(self) -> None:
+        """Let each metric of this job check what needs no checkpoint (its optional ``prepare()``,
+        e.g. lm_eval's task names) before anything is loaded: a bad setting stops the run here."""
+        due = {n for s in self.scopes for n in self.metrics_with(s)}
+        for name in due:
+            prepare = getattr(self.metrics[name], "prepare", None)
+            if callable(prepare):
+                prepare()
+
+    def _offered_checkpoints(self) -> list[CheckpointRef]:
+        """The family's checkpoints; a family that cannot list them (a missing local path, a Hub
+        repository while offline) stops the run here, before any work, with one clear line."""
+        try:
+            self.family.prepare()
+            return list(self.family.checkpoints())
+        except (KeyboardInterrupt, SystemExit, HarnessError):
+            raise
+        except Exception as exc:  # noqa: BLE001 (named in the message; nothing has run yet)
+            hint = ""
+            if type(exc).__name__ in OFFLINE_ERRORS or os.environ.get("HF_HUB_OFFLINE") in ("1", "true", "True"):
+                hint = (" (offline: HF_HUB_OFFLINE is set and this is not in the local Hugging Face cache; "
+                        "download it once online, or use a local source)")
+            raise FamilyUnavailable(f"model '{self.family.name}' cannot list its checkpoints: "
+                                    f"{_describe(exc)}{hint}") from exc
+
     def _checkpoint_phase(self, writer: store.RecordWriter, ref: CheckpointRef, prev: CheckpointRef | None,
                           ckpt_metrics: list[str], pair_metrics: list[str], done: set[str]) -> None:
         todo = [(m, Scope.CHECKPOINT, None) for m in ckpt_metrics
-                if self.unit_id(ref.model_id, ref.step, m, Scope.CHECKPOINT) not in done]
+                if self._due(self.unit_id(ref.model_id, ref.step, m, Scope.CHECKPOINT), done)]
         if prev is not None:
             todo += [(m, Scope.PAIR, prev.step) for m in pair_metrics
-                     if self.unit_id(ref.model_id, ref.step, m, Scope.PAIR, prev.step) not in done]
-        self.summary.units_skipped += (len(ckpt_metrics) + (len(pair_metrics) if prev else 0)) - len(todo)
+                     if self._due(self.unit_id(ref.model_id, ref.step, m, Scope.PAIR, prev.step), done)]
+        ids = [self.unit_id(ref.model_id, ref.step, m, Scope.CHECKPOINT) for m in ckpt_metrics]
+        if prev is not None:
+            ids += [self.unit_id(ref.model_id, ref.step, m, Scope.PAIR, prev.step) for m in pair_metrics]
+        self.summary.units_skipped += sum(1 for uid in ids if uid in done)
         if not todo:
             return
         started = time.time()
@@ -469,7 +446,7 @@ class Runner:
         load_time = time.time() - started
         ckpt.previous = prev
         if self.spec.check_finite:
-            guard_fields(ckpt)
+            ckpt = FiniteFields(ckpt)
         try:
             fingerprint = ckpt.data_fingerprint
         except Exception:  # noqa: BLE001 (provenance must not fail a unit)
@@ -519,7 +496,12 @@ class Runner:
             if uid in done:
                 self.summary.units_skipped += 1
                 continue
-            records = self._records("model_id", model_id)
+            if not self._due(uid, done):
+                continue
+            records = self._records_or_error(writer, "model_id", model_id, metric=metric, scope=Scope.TRAJECTORY,
+                                             unit_id=uid, ref=last)
+            if records is None:
+                continue
             if history is None:
                 history = self.family.history(model_id)
             ctx = TrajectoryContext(**self._ctx_common(metric), model_id=model_id, refs=refs, records=records,
@@ -537,74 +519,37 @@ class Runner:
             if uid in done:
                 self.summary.units_skipped += 1
                 continue
-            records = self._records("family", self.family.name)
+            if not self._due(uid, done):
+                continue
+            records = self._records_or_error(writer, "family", self.family.name, metric=metric, scope=Scope.SUITE,
+                                             unit_id=uid, ref=None, model_id=suite_id)
+            if records is None:
+                continue
             ctx = SuiteContext(**self._ctx_common(metric), family=self.family.name, refs=refs, records=records)
             self._run_unit(writer, metric, Scope.SUITE, ctx, unit_id=uid, ref=None, model_id=suite_id,
                            refs_by_size=refs_by_size)
 
     def _write_manifest(self, started: float, finished: float | None = None) -> None:
-        manifest = {
-            "run_id": self.run_id,
-            "job": self.spec.job,
-            "started_at": datetime.fromtimestamp(started, timezone.utc).isoformat(),
-            "finished_at": datetime.fromtimestamp(finished, timezone.utc).isoformat() if finished else None,
-            "config": self.spec.config,
-            "family": {"name": self.family.name, **_safe_describe(self.family)},
-            "plugins": {
+        store.write_manifest(
+            self.spec.run_dir, run_id=self.run_id, job=self.spec.job, started=started, finished=finished,
+            config=self.spec.config, family={"name": self.family.name, **_safe_describe(self.family)},
+            plugins={
                 "model": vars(model_registry().info(self.spec.model_name)),
                 "metrics": {n: vars(metric_registry().info(n)) for n in self.metrics},
             },
-            "provenance": self.provenance,
-            "versions": package_versions(),
-            "host": host_facts(),
-            "summary": {k: v for k, v in vars(self.summary).items() if k != "run_dir"} if finished else None,
-        }
-        path = self.spec.run_dir / "run.json"
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(manifest, indent=2, default=str))
-        os.replace(tmp, path)
+            provenance=self.provenance,
+            summary={k: v for k, v in vars(self.summary).items() if k != "run_dir"} if finished else None,
+        )
 
 
-class NonFiniteFieldError(HarnessError):
-    """A tensor field holds NaN or Inf: the checkpoint (or the family's field code) is broken."""
+class _ReleaseAll:
+    """``contextlib.closing`` target: drop this job's remaining claims however the run ends."""
 
+    def __init__(self, claims: Claims):
+        self.claims = claims
 
-def guard_fields(ckpt: Checkpoint) -> Checkpoint:
-    """Make ``ckpt.field`` raise `NonFiniteFieldError` on the first tensor with NaN or Inf.
-
-    Generic over families: the check wraps whatever generator the family returns, one tensor
-    at a time (no extra copies; one reduction pass per tensor), so a metric never turns a
-    corrupt checkpoint into plausible-looking numbers. The runner turns the error into an
-    ``error`` record naming the field kind, the tensor and the counts.
-    """
-    inner = ckpt.field
-
-    def field(kind: str, modules: Any = None) -> Iterator[tuple[str, Any]]:
-        for name, tensor in inner(kind, modules):
-            _check_finite(ckpt.ref, kind, name, tensor)
-            yield name, tensor
-
-    ckpt.field = field  # type: ignore[method-assign]
-    return ckpt
-
-
-def _check_finite(ref: CheckpointRef, kind: str, name: str, tensor: Any) -> None:
-    import torch  # NOTE: lazy, `import harness` stays torch-free
-
-    if not torch.is_tensor(tensor):
-        import numpy as np
-
-        tensor = torch.from_numpy(np.asarray(tensor))
-    if not (tensor.is_floating_point() or tensor.is_complex()):
-        return
-    if bool(torch.isfinite(tensor).all()):
-        return
-    n_nan = int(torch.isnan(tensor).sum())
-    n_inf = int(torch.isinf(tensor).sum())
-    raise NonFiniteFieldError(
-        f"field '{kind}' tensor '{name}' of {ref.model_id} {ref.label} has {n_nan} NaN and {n_inf} Inf "
-        f"of {tensor.numel()} values"
-    )
+    def close(self) -> None:
+        self.claims.release_all()
 
 
 def _safe_describe(family: ModelFamily) -> dict[str, Any]:

@@ -24,6 +24,7 @@ PRESETS = ("all", "log_spaced", "every_k", "final", "list")
 
 
 def parse_shard(shard: Any) -> tuple[int, int] | None:
+    """``"i/n"`` (or ``[i, n]``) -> (i, n) with 0 <= i < n; None for no sharding."""
     if shard in (None, "", "none", "null"):
         return None
     try:

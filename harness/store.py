@@ -16,13 +16,15 @@ from __future__ import annotations
 
 import json
 import os
-import socket
+import shutil
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from harness.api import HarnessError
+from harness.atomic import atomic_path, atomic_write, host_tag
 from harness.records import RECORD_COLUMNS, _json_default
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -30,14 +32,31 @@ if TYPE_CHECKING:  # pragma: no cover
 
 RECORDS_GLOB = "records*.jsonl"  # one file per writing process: concurrent jobs never share one
 RECORDS_PARQUET = "records.parquet"
+MANIFEST = "run.json"
 
 
 class StoreError(HarnessError):
     """The results root cannot be written (permissions, full disk)."""
 
 
-def check_writable(directory: Path, need_bytes: int = 1 << 20) -> None:
-    """Fail early with a clear message when results cannot be written."""
+def check_writable(directory: Path, need_bytes: int = 1 << 20, *, create: bool = True) -> None:
+    """Fail early with a clear message when results cannot be written under ``directory``.
+
+    The one check of a results location: ``create=True`` (the runner) makes the directory and
+    writes a probe file; ``create=False`` (before Hydra starts) creates nothing and judges the
+    nearest existing parent, so a refused run leaves no folder behind.
+    """
+    directory = Path(directory).expanduser().absolute()
+    if not create:
+        probe = directory
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        if not probe.is_dir():
+            raise StoreError(f"results directory {directory} cannot be created: {probe} is not a directory")
+        if not os.access(probe, os.W_OK | os.X_OK):
+            raise StoreError(f"results directory {directory} is not writable ({probe}: permission denied)")
+        _check_free(directory, probe, need_bytes)
+        return
     try:
         directory.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=directory, prefix=".write-test-") as fh:
@@ -46,7 +65,11 @@ def check_writable(directory: Path, need_bytes: int = 1 << 20) -> None:
             os.fsync(fh.fileno())
     except OSError as exc:
         raise StoreError(f"results directory {directory} is not writable: {exc.strerror or exc}") from exc
-    free = _free_bytes(directory)
+    _check_free(directory, directory, need_bytes)
+
+
+def _check_free(directory: Path, probe: Path, need_bytes: int) -> None:
+    free = _free_bytes(probe)
     if free is not None and free < need_bytes:
         raise StoreError(f"results directory {directory} has only {free} bytes free (need {need_bytes})")
 
@@ -76,6 +99,7 @@ class RecordWriter:
         self._fh = open(self.path, "ab", buffering=0)  # noqa: SIM115 (kept open for the run)
 
     def write_unit(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Append one unit's rows (all or nothing: one write and flush)."""
         payload = "".join(
             json.dumps(r, default=_json_default, allow_nan=True, separators=(",", ":")) + "\n" for r in rows
         ).encode("utf-8")
@@ -95,6 +119,7 @@ class RecordWriter:
             raise StoreError(f"cannot write results to {self.path}: {exc.strerror or exc}") from exc
 
     def close(self) -> None:
+        """Close the JSONL file."""
         if not self._fh.closed:
             self._fh.close()
 
@@ -129,6 +154,34 @@ def _cut_partial_tail(path: Path) -> None:
         fh.truncate(0)
 
 
+def write_manifest(run_dir: Path, *, run_id: str, job: str | None, started: float, finished: float | None,
+                   config: Mapping[str, Any], family: Mapping[str, Any], plugins: Mapping[str, Any],
+                   provenance: Mapping[str, Any], summary: Mapping[str, Any] | None) -> Path:
+    """Write ``run.json`` (atomically): what ran, with which plugins, where, when, and how it ended.
+
+    Written at the start (``finished`` None) and again at the end with the summary counts.
+    """
+    from harness.provenance import host_facts, package_versions
+
+    def iso(t: float | None) -> str | None:
+        return datetime.fromtimestamp(t, timezone.utc).isoformat() if t else None
+
+    manifest = {
+        "run_id": run_id,
+        "job": job,
+        "started_at": iso(started),
+        "finished_at": iso(finished),
+        "config": dict(config),
+        "family": dict(family),
+        "plugins": dict(plugins),
+        "provenance": dict(provenance),
+        "versions": package_versions(),
+        "host": host_facts(),
+        "summary": dict(summary) if summary is not None else None,
+    }
+    return atomic_write(Path(run_dir) / MANIFEST, json.dumps(manifest, indent=2, default=str))
+
+
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     """Rows of one JSONL file; unparseable lines (a torn write) are skipped."""
     rows = []
@@ -145,21 +198,24 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 def jsonl_files(root: Path) -> list[Path]:
+    """Every records JSONL file under a run root (all jobs), sorted."""
     root = Path(root)
     if root.is_file():
-        return [root]
+        return [root] if root.suffix == ".jsonl" else []
     return sorted(root.rglob(RECORDS_GLOB))
 
 
 def finished(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Rows of finished units only, one per record_id.
+    """Rows of finished units only, one per (run_id, record_id).
 
     A unit may have been written more than once (a retried error, a unit that a killed job
     had half-written): its latest complete attempt wins, so nothing is lost or duplicated.
+    The run id is part of a unit's identity: two runs of one config (same unit ids) loaded
+    together stay two runs.
     """
-    attempts: dict[str, dict[str, dict[str, dict[str, Any]]]] = {}
+    attempts: dict[tuple[Any, str], dict[str, dict[str, dict[str, Any]]]] = {}
     for row in rows:
-        unit = row.get("unit_id") or row["record_id"]
+        unit = (row.get("run_id"), row.get("unit_id") or row["record_id"])
         attempt = str(row.get("started_at"))
         attempts.setdefault(unit, {}).setdefault(attempt, {})[row["record_id"]] = row
     out: list[dict[str, Any]] = []
@@ -174,6 +230,7 @@ def finished(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def load_rows(root: Path) -> list[dict[str, Any]]:
+    """The finished rows of every job of a run root (see `finished`)."""
     rows: list[dict[str, Any]] = []
     for path in jsonl_files(root):
         rows.extend(read_jsonl(path))
@@ -181,10 +238,12 @@ def load_rows(root: Path) -> list[dict[str, Any]]:
 
 
 def finished_units(root: Path) -> set[str]:
+    """The ids of the units already finished under a run root (what a resumed run skips)."""
     return {r["unit_id"] for r in load_rows(root) if r.get("unit_id")}
 
 
 def to_frame(rows: Sequence[dict[str, Any]]) -> pd.DataFrame:
+    """Rows as a DataFrame in the record schema, deterministically sorted."""
     import pandas as pd
 
     frame = pd.DataFrame(list(rows), columns=list(RECORD_COLUMNS))
@@ -204,15 +263,11 @@ def write_parquet(frame: pd.DataFrame, path: Path) -> Path:
     import pyarrow.parquet as pq
 
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{_host()}-{os.getpid()}")
     try:
-        pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), tmp)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), tmp)
     except OSError as exc:
         raise StoreError(f"cannot write {path}: {exc.strerror or exc}") from exc
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 
@@ -229,7 +284,7 @@ def consolidate(root: Path) -> Path | None:
 
 
 def remove_stale_temporaries(root: Path) -> list[Path]:
-    """Delete ``.<name>.tmp-<host>-<pid>`` files whose writer is gone (killed mid-write).
+    """Delete ``.<name>.tmp-<host>-<pid>`` temporaries (`harness.atomic`) whose writer is gone.
 
     Only files of this host are judged (a pid means nothing on another node of a cluster);
     files of live processes (a concurrent job consolidating right now) are left alone.
@@ -243,7 +298,10 @@ def remove_stale_temporaries(root: Path) -> list[Path]:
         if int(pid) != os.getpid() and _alive(int(pid)):
             continue
         try:
-            tmp.unlink()
+            if tmp.is_dir():
+                shutil.rmtree(tmp)
+            else:
+                tmp.unlink()
             removed.append(tmp)
         except OSError:
             continue
@@ -251,7 +309,7 @@ def remove_stale_temporaries(root: Path) -> list[Path]:
 
 
 def _host() -> str:
-    return socket.gethostname().replace("-", "_") or "host"
+    return host_tag()
 
 
 def _alive(pid: int) -> bool:
@@ -266,6 +324,9 @@ def _alive(pid: int) -> bool:
 
 def load_results(paths: str | Path | Sequence[str | Path]) -> pd.DataFrame:
     """All finished records under one or more run directories (or results roots), as one frame.
+
+    Identity across roots is (run_id, record_id): ``record_id`` says *what* was measured (the
+    same for two runs of one config), ``run_id`` *which run* measured it.
 
     JSONL is the source of truth (it also holds records written since the last
     consolidation); Parquet files are read only where no JSONL exists (e.g. copied results).
@@ -291,5 +352,7 @@ def load_results(paths: str | Path | Sequence[str | Path]) -> pd.DataFrame:
     if not frames:
         raise HarnessError(f"no records found under {', '.join(map(str, paths))}")
     frame = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
-    frame = frame.drop_duplicates("record_id", keep="last")
+    # the same run reached twice (a root and its sub-directory, its JSONL and its Parquet copy)
+    # is one run; two runs of one config are two runs
+    frame = frame.drop_duplicates(["run_id", "record_id"], keep="last")
     return sort_records(frame)

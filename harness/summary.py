@@ -78,7 +78,21 @@ def end_of_run_tables(frame: Any) -> list[Any]:
     return [rich_table(b) for b in boards]
 
 
+def verdict_lines(written: list[Any]) -> list[str]:
+    """The relation verdicts the run report wrote (``report/verdicts.csv``), one line per table."""
+    import csv
+    from pathlib import Path
+
+    for path in written:
+        p = Path(path)
+        if p.name == "verdicts.csv" and p.is_file():
+            with p.open(newline="", encoding="utf-8") as fh:
+                return [f"verdict ({r['level']}): {r['verdict']}" for r in csv.DictReader(fh)]
+    return []
+
+
 def finish_run(spec: Any, summary: Any) -> None:
+    """Consolidate, write the report, print the results table and the one-line summary."""
     from rich.console import Console
 
     from harness import store
@@ -103,6 +117,8 @@ def finish_run(spec: Any, summary: Any) -> None:
     if frame is not None and spec.job is None:
         for table in end_of_run_tables(frame):
             console.print(table)
+        for line in verdict_lines(written):
+            console.print(line, highlight=False, markup=False)
         from harness.report.claims import print_claims
 
         print_claims(console, frame, getattr(spec, "config", None))  # a preset's claims, after the ranking

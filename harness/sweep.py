@@ -5,7 +5,8 @@ of ``python -m harness -m ...``. This module adds what a sweep needs on top of t
 
 * ``check_launcher``: ``hydra/launcher=ray`` without the launcher package installed fails at once
   with the package to install, instead of a Hydra stack trace after composing.
-* ``check_results_root``: an unwritable or full results root fails before any work starts.
+* (an unwritable or full results root fails before any work starts: `harness.app.check_composed`
+  calls `harness.store.check_writable` on the composed ``results_dir``, the one check.)
 * ``write_job_status``: each multirun job writes ``<job dir>/job_status.json`` (exit code,
   counts, message) instead of exiting the process, so one failing job never stops the sweep.
 * ``SweepSummary``: a Hydra callback (added by ``python -m harness -m``) that, once every job has
@@ -32,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.api import HarnessError
+from harness.atomic import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +47,7 @@ EXIT_CODE = 0
 
 
 def is_multirun(argv: list[str]) -> bool:
+    """Whether the command line asks for a multirun (``-m``/``--multirun``)."""
     return any(a in ("-m", "--multirun") for a in argv)
 
 
@@ -121,30 +124,6 @@ except ImportError:  # pragma: no cover
     pass
 
 
-def check_results_root(argv: list[str]) -> None:
-    """Refuse to start when the results root cannot be written (creates nothing itself).
-
-    Only a literal ``results_dir=PATH`` (or the default ``results``) is checked here; the
-    runner checks the resolved run directory again with `harness.store.check_writable`.
-    """
-    value = _override_value(argv, "results_dir") or "results"
-    if "${" in value:
-        return
-    path = Path(value).expanduser().absolute()
-    probe = path
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    if not probe.is_dir():
-        raise HarnessError(f"results directory {path} cannot be created: {probe} is not a directory")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise HarnessError(f"results directory {path} is not writable ({probe}: permission denied)")
-    from harness.store import _free_bytes
-
-    free = _free_bytes(probe)
-    if free is not None and free < MIN_FREE_BYTES:
-        raise HarnessError(f"results directory {path} has only {free} bytes free (need {MIN_FREE_BYTES})")
-
-
 def write_job_status(job_dir: Path, code: int, *, summary: Any = None, message: str | None = None) -> None:
     """Record how one multirun job ended (atomically; never raises)."""
     status = {"exit_code": code, "message": message, "finished_at": time.time(), "pid": os.getpid()}
@@ -152,10 +131,7 @@ def write_job_status(job_dir: Path, code: int, *, summary: Any = None, message: 
         status.update({k: getattr(summary, k) for k in ("ok", "skipped", "error", "units_run", "units_skipped")})
         status["errors"] = list(summary.errors[:5])
     try:
-        job_dir.mkdir(parents=True, exist_ok=True)
-        tmp = job_dir / f".{JOB_STATUS}.tmp"
-        tmp.write_text(json.dumps(status, default=str))
-        os.replace(tmp, job_dir / JOB_STATUS)
+        atomic_write(job_dir / JOB_STATUS, json.dumps(status, default=str))
     except OSError as exc:  # the job's records are what counts; the status is a convenience
         logger.warning("cannot write job status in %s: %s", job_dir, exc)
 
@@ -174,6 +150,7 @@ def read_job_statuses(sweep_dir: Path, since: float = 0.0) -> list[dict[str, Any
 
 
 def sweep_line(statuses: list[dict[str, Any]], sweep_dir: Path) -> str:
+    """The one-line summary of a whole sweep from its jobs' statuses."""
     n_err_jobs = sum(1 for s in statuses if s.get("exit_code") == 1)
     n_failed = sum(1 for s in statuses if s.get("exit_code", 0) not in (0, 1))
     counts = {k: sum(int(s.get(k) or 0) for s in statuses) for k in ("ok", "skipped", "error")}
@@ -208,9 +185,11 @@ class SweepSummary(_Callback):  # type: ignore[misc]
         self.started = time.time()
 
     def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
+        """Note when the sweep started."""
         self.started = time.time()
 
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
+        """Consolidate the sweep's records, print its summary line and set the exit code."""
         global EXIT_CODE
         from harness import store
 

@@ -21,6 +21,7 @@ Imports torch: plugins import this module, never ``import harness``.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -41,8 +42,9 @@ DTYPES: dict[str, torch.dtype] = {
 }
 #: largest header safetensors itself accepts (100 MB)
 MAX_HEADER = 100_000_000
-#: elements of the previous tensor subtracted per chunk (16 MB of fp32)
-CHUNK_ELEMS = 4 * 1024 * 1024
+#: elements of the previous tensor subtracted per chunk (4 MB of fp32): the chunk buffer adds to
+#: the peak (one tensor + one chunk); 16 MB chunks measured no faster (bench/bench_pythia.py)
+CHUNK_ELEMS = 1024 * 1024
 
 
 class CheckpointFileError(RuntimeError):
@@ -51,6 +53,7 @@ class CheckpointFileError(RuntimeError):
 
 @dataclass(frozen=True)
 class TensorEntry:
+    """One tensor of a weight file: where its bytes are, its dtype and shape."""
     name: str
     file: Path
     dtype: torch.dtype
@@ -60,6 +63,7 @@ class TensorEntry:
 
     @property
     def numel(self) -> int:
+        """Number of elements."""
         return math.prod(self.shape)
 
 
@@ -113,6 +117,7 @@ class WeightFiles:
 
     @classmethod
     def open(cls, files: Sequence[str | os.PathLike[str]]) -> WeightFiles:
+        """Index the tensors of safetensors (or PyTorch ``.bin``) files by reading their headers only."""
         paths = [Path(f) for f in files]
         if paths and all(p.suffix == ".bin" for p in paths):
             return TorchBinWeights.open(paths)
@@ -125,9 +130,11 @@ class WeightFiles:
         return cls(entries, paths)
 
     def names(self) -> list[str]:
+        """The tensor names."""
         return list(self.entries)
 
     def n_params(self) -> int:
+        """The total number of elements of every tensor."""
         return sum(e.numel for e in self.entries.values())
 
     def read(self, name: str, dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -139,9 +146,69 @@ class WeightFiles:
         t = buf.view(e.dtype).reshape(e.shape)
         return t.to(dtype) if dtype is not None and dtype != e.dtype else t
 
+    def delta(self, name: str, previous: WeightFiles, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """``this tensor - previous's`` in ``dtype``, in a fresh tensor (the caller owns it).
+
+        Between two safetensors files this is ONE pass: each window of both files is memory
+        mapped and ``torch.sub(..., out=)`` writes the difference straight into the result, so
+        neither file's bytes are first copied into a buffer. NOTE: measured against reading the
+        current tensor with ``readinto`` and subtracting the previous one into it (two passes
+        over the result) in bench/bench_pythia.py (issue 18). Other readers (or a file that
+        cannot be mapped): `read` + `subtract_into`.
+        """
+        e, p = self.entries[name], previous.entries.get(name)
+        if type(previous) is WeightFiles and type(self) is WeightFiles and p is not None and p.shape == e.shape:
+            try:
+                return self._delta_mapped(e, p, dtype)
+            except (OSError, ValueError, BufferError, RuntimeError):
+                pass
+        out = self.read(name, dtype)
+        previous.subtract_into(name, out)
+        return out
+
+    def _delta_mapped(self, e: TensorEntry, p: TensorEntry, dtype: torch.dtype) -> torch.Tensor:
+        import warnings
+
+        out = torch.empty(e.shape, dtype=dtype)
+        flat = out.view(-1)
+        with open(e.file, "rb") as fc, open(p.file, "rb") as fp, warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # frombuffer: "buffer is not writable" (we only read)
+            for lo in range(0, e.numel, CHUNK_ELEMS):
+                hi = min(e.numel, lo + CHUNK_ELEMS)
+                with _window(fc, e, lo, hi) as a, _window(fp, p, lo, hi) as b:
+                    if a.dtype == dtype and b.dtype == dtype:
+                        torch.sub(a, b, out=flat[lo:hi])
+                    else:  # subtract in ``dtype``: float(a) - float(b), not a rounded fp16 difference
+                        flat[lo:hi].copy_(a).sub_(b)
+        return out
+
     def subtract_into(self, name: str, out: torch.Tensor) -> None:
-        """``out -= this tensor``, reading it in chunks of `CHUNK_ELEMS` elements."""
+        """``out -= this tensor``, `CHUNK_ELEMS` elements at a time.
+
+        Each chunk is subtracted straight from a read-only memory map of just that window of the
+        file (mapped, used, unmapped), so the previous checkpoint's bytes are never copied into a
+        buffer and at most one window counts in RSS. NOTE: measured 1.5-2x faster than
+        ``readinto`` a chunk buffer then subtracting (bench/bench_pythia.py, issue 18); falls back
+        to ``readinto`` where the file cannot be mapped.
+        """
         e = self.entries[name]
+        try:
+            self._subtract_mapped(e, out)
+        except (OSError, ValueError, BufferError, RuntimeError):
+            self._subtract_read(e, out)
+
+    def _subtract_mapped(self, e: TensorEntry, out: torch.Tensor) -> None:
+        import warnings
+
+        flat = out.view(-1)
+        with open(e.file, "rb") as f, warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # frombuffer: "buffer is not writable" (we only read)
+            for lo in range(0, e.numel, CHUNK_ELEMS):
+                hi = min(e.numel, lo + CHUNK_ELEMS)
+                with _window(f, e, lo, hi) as part:
+                    flat[lo:hi] -= part if part.dtype == out.dtype else part.to(out.dtype)
+
+    def _subtract_read(self, e: TensorEntry, out: torch.Tensor) -> None:
         flat = out.view(-1)
         itemsize = torch.empty((), dtype=e.dtype).element_size()
         chunk = torch.empty(min(e.numel, CHUNK_ELEMS) * itemsize, dtype=torch.uint8)
@@ -149,7 +216,7 @@ class WeightFiles:
             for lo in range(0, e.numel, CHUNK_ELEMS):
                 hi = min(e.numel, lo + CHUNK_ELEMS)
                 part = chunk[: (hi - lo) * itemsize]
-                _read_exact(f, e.start + lo * itemsize, part, e.file, name)
+                _read_exact(f, e.start + lo * itemsize, part, e.file, e.name)
                 flat[lo:hi] -= part.view(e.dtype).to(out.dtype)
 
     def sha256(self) -> str:
@@ -174,6 +241,7 @@ class TorchBinWeights(WeightFiles):
 
     @classmethod
     def open(cls, files: Sequence[str | os.PathLike[str]]) -> TorchBinWeights:
+        """Index the tensors of PyTorch ``.bin`` state dicts (memory-mapped, ``weights_only``)."""
         entries: dict[str, TensorEntry] = {}
         tensors: dict[str, torch.Tensor] = {}
         paths = [Path(f) for f in files]
@@ -196,10 +264,12 @@ class TorchBinWeights(WeightFiles):
         return cls(entries, paths, tensors)
 
     def read(self, name: str, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """One tensor as a private copy (optionally converted to ``dtype``)."""
         t = self._tensors[name]
         return t.to(dtype or t.dtype, copy=True)  # a private copy, never the mapped file
 
     def subtract_into(self, name: str, out: torch.Tensor) -> None:
+        """``out -= tensor name``, in chunks."""
         flat, src = out.view(-1), self._tensors[name].reshape(-1)
         for lo in range(0, src.numel(), CHUNK_ELEMS):
             flat[lo:lo + CHUNK_ELEMS] -= src[lo:lo + CHUNK_ELEMS].to(out.dtype)
@@ -217,18 +287,40 @@ class TensorWeights(WeightFiles):
         self._tensors = dict(tensors)
 
     def read(self, name: str, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """One tensor as a private copy (optionally converted to ``dtype``)."""
         t = self._tensors[name].detach()
         return t.to(dtype or t.dtype, copy=True)
 
     def subtract_into(self, name: str, out: torch.Tensor) -> None:
+        """``out -= tensor name``, in chunks."""
         out.sub_(self._tensors[name].detach().reshape(out.shape).to(out.dtype))
 
     def sha256(self) -> str:
+        """A hash of every tensor's name and bytes."""
         h = hashlib.sha256()
         for n in sorted(self._tensors):
             h.update(n.encode())
             h.update(self._tensors[n].detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
         return h.hexdigest()
+
+
+@contextlib.contextmanager
+def _window(f, e: TensorEntry, lo: int, hi: int) -> Iterator[torch.Tensor]:
+    """Elements ``lo:hi`` of tensor ``e`` as a tensor over a read-only map of just those bytes;
+    unmapped on exit (so at most this window's pages count in RSS)."""
+    import mmap
+
+    itemsize = torch.empty((), dtype=e.dtype).element_size()
+    start = e.start + lo * itemsize
+    base = start - start % mmap.ALLOCATIONGRANULARITY
+    mm = mmap.mmap(f.fileno(), (hi - lo) * itemsize + start - base,
+                   flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0), prot=mmap.PROT_READ, offset=base)
+    try:
+        part = torch.frombuffer(mm, dtype=e.dtype, count=hi - lo, offset=start - base)
+        yield part
+        del part
+    finally:
+        mm.close()
 
 
 def _read_exact(f, offset: int, out: torch.Tensor, path: Path, name: str) -> None:
@@ -268,9 +360,7 @@ def stream_deltas(current: WeightFiles, previous: WeightFiles, names: Sequence[s
             for w in (current, previous):
                 if nxt in w.entries:
                     _will_need(w.entries[nxt])
-        out = current.read(name, dtype)  # a fresh buffer we own: subtract in place
-        previous.subtract_into(name, out)
-        yield name, out
+        yield name, current.delta(name, previous, dtype)  # a fresh tensor the consumer owns
 
 
 def _spread_large(names: list[str], w: WeightFiles) -> list[str]:
@@ -278,7 +368,8 @@ def _spread_large(names: list[str], w: WeightFiles) -> list[str]:
 
     NOTE: a consumer's ``for name, d in field(...)`` keeps the previous ``d`` alive while the
     next one is read, so two consecutive embedding-sized tensors would double the peak. Spreading
-    the large ones (over half the largest size) between small ones costs a seek or two.
+    the large ones (over half the largest size) between small ones costs a seek or two; each large
+    one follows the smallest tensor of the segment before it (a bias, not a 9 MB MLP matrix).
     """
     sizes = {n: w.entries[n].nbytes if n in w.entries else 0 for n in names}
     if len(names) < 3:
@@ -291,7 +382,11 @@ def _spread_large(names: list[str], w: WeightFiles) -> list[str]:
     out, step = [], len(small) / len(big)
     for i, n in enumerate(big):
         lo, hi = round(i * step), round((i + 1) * step)
-        out += [n, *small[lo:hi]]
+        seg = small[lo:hi]
+        if seg and i + 1 < len(big):  # end on the segment's smallest: the next big one follows it
+            tiny = min(seg, key=lambda m: sizes[m])
+            seg = [m for m in seg if m != tiny] + [tiny]
+        out += [n, *seg]
     return out
 
 

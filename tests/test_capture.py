@@ -197,8 +197,8 @@ def test_family_fields_history_and_loss_metric_agree_with_direct_checkpoints(cap
         direct_model = tiny_gpt_neox(VOCAB, hidden=32)
         direct_model.load_state_dict(snaps.states[ref.step])
         direct = CausalLMCheckpoint(ref, direct_model, batches=[val_ids()])
-        a = {m.measure: m.value for m in metric.measure(CheckpointContext({}, root, 0, ck))}
-        b = {m.measure: m.value for m in metric.measure(CheckpointContext({}, root, 0, direct))}
+        a = {m.measure: m.value for m in metric.measure_checkpoint(CheckpointContext({}, root, 0, ck))}
+        b = {m.measure: m.value for m in metric.measure_checkpoint(CheckpointContext({}, root, 0, direct))}
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-6) and a["logit_std"] == pytest.approx(b["logit_std"], rel=1e-6)
         assert ck.data_fingerprint == direct.data_fingerprint.__class__(ck.data_fingerprint)  # stable str
         if prev is not None:

@@ -154,7 +154,7 @@ def test_zsl_mode_reproduces_the_authors_procedure_digit_for_digit(tmp_path):
     rng = np.random.default_rng(3)
     loss = law(steps, 0.0, 20.0, 0.2, -0.18, 5000.0, 0.3) * np.exp(rng.normal(0, 0.005, len(steps)))
     want = _authors_notebook(steps, loss)
-    ms = by_measure(DecelerationMetric(mode="zsl").measure(
+    ms = by_measure(DecelerationMetric(mode="zsl").measure_trajectory(
         ctx(tmp_path, history=pd.DataFrame({"step": steps, "loss": loss}))))
     got = [ms[f"param_{k}"].value for k in ("b", "c0", "c1", "d1log", "f1")]
     np.testing.assert_allclose(got, want, rtol=1e-7)
@@ -169,7 +169,7 @@ def test_default_mode_is_robust_and_adapts_transient_cut(tmp_path):
     steps = np.arange(0, 121)
     truth = (0.5, 10.0, 0.5, -0.4, 20.0, 0.3)
     hist = pd.DataFrame({"step": steps, "loss": law(np.maximum(steps, 1), *truth)})
-    ms = by_measure(DecelerationMetric().measure(ctx(tmp_path, history=hist)))
+    ms = by_measure(DecelerationMetric().measure_trajectory(ctx(tmp_path, history=hist)))
     fit = ms["t_d"].extra["fit"]
     assert fit["mode"] == "robust" and fit["preprocessing"]["min_step"] == pytest.approx(120 * 100 / 262144)
     assert ms["t_d"].status == "ok" and ms["t_d"].value == pytest.approx(20.0, rel=1e-4)
@@ -178,7 +178,7 @@ def test_default_mode_is_robust_and_adapts_transient_cut(tmp_path):
 
 def test_no_deceleration_is_skipped_never_error(tmp_path):
     steps = np.unique(np.geomspace(1, 2000, 60).astype(int))
-    ms = list(DecelerationMetric().measure(ctx(tmp_path, records(steps, 3.0 * steps**-0.4 + 0.1))))
+    ms = list(DecelerationMetric().measure_trajectory(ctx(tmp_path, records(steps, 3.0 * steps**-0.4 + 0.1))))
     assert all(m.status == "skipped" and m.message.startswith("no deceleration in this range") for m in ms)
 
 
@@ -240,12 +240,12 @@ def test_one_precedence_for_both_metrics(tmp_path):
     c = ctx(tmp_path, records(steps, 4.0 * steps**-0.3), history=hist)
     assert resolve_curve(c, min_points=5).source == "records"
     assert resolve_curve(c, min_points=50).source == "history"
-    dec = by_measure(DecelerationMetric().measure(c))["t_d"]
-    ts = by_measure(TimeScalingMetric().measure(c))["alpha"]
+    dec = by_measure(DecelerationMetric().measure_trajectory(c))["t_d"]
+    ts = by_measure(TimeScalingMetric().measure_trajectory(c))["alpha"]
     assert dec.extra["fit"]["curve"]["source"] == "records" and ts.extra["curve"]["source"] == "records"
     only_hist = ctx(tmp_path, history=hist)
-    assert by_measure(DecelerationMetric().measure(only_hist))["t_d"].extra["fit"]["curve"]["source"] == "history"
-    assert by_measure(TimeScalingMetric().measure(only_hist))["alpha"].extra["curve"]["source"] == "history"
+    assert by_measure(DecelerationMetric().measure_trajectory(only_hist))["t_d"].extra["fit"]["curve"]["source"] == "history"
+    assert by_measure(TimeScalingMetric().measure_trajectory(only_hist))["alpha"].extra["curve"]["source"] == "history"
 
 
 def test_curve_selector_picks_any_series(tmp_path):
@@ -255,12 +255,12 @@ def test_curve_selector_picks_any_series(tmp_path):
     recs = pd.concat([records(steps, law(steps, *truth), metric="lm_eval", measure="perplexity", task="lambada"),
                       records(steps, 2 * law(steps, *truth), metric="lm_eval", measure="perplexity", task="other")],
                      ignore_index=True)
-    ms = by_measure(DecelerationMetric(curve="lm_eval:perplexity:lambada").measure(ctx(tmp_path, recs)))
+    ms = by_measure(DecelerationMetric(curve="lm_eval:perplexity:lambada").measure_trajectory(ctx(tmp_path, recs)))
     assert ms["t_d"].value == pytest.approx(5000.0, rel=1e-4)
-    ts = by_measure(TimeScalingMetric(curve="lm_eval:perplexity:other").measure(ctx(tmp_path, recs)))
+    ts = by_measure(TimeScalingMetric(curve="lm_eval:perplexity:other").measure_trajectory(ctx(tmp_path, recs)))
     assert ts["alpha"].status == "ok" and ts["alpha"].extra["source"] == "lm_eval:perplexity:other records"
     with pytest.raises(ParameterError, match="lm_eval:perplexity:lambada"):
-        list(DecelerationMetric(curve="lm_eval:perplexity").measure(ctx(tmp_path, recs)))
+        list(DecelerationMetric(curve="lm_eval:perplexity").measure_trajectory(ctx(tmp_path, recs)))
 
 
 # ---- dropped rows are counted and said (case 3) -----------------------------------------------
@@ -285,7 +285,7 @@ def test_loss_log_counts_and_reports_dropped_rows(tmp_path, caplog):
     assert hist.attrs["dropped"] == {"nan": 3, "inf": 2, "repeated_step": 21, "restarts": 1}
     assert "run.csv: dropped 26 of 421 rows: 3 with a missing or NaN value, 2 with an infinite value" in caplog.text
     for metric, head in ((DecelerationMetric(), "t_d"), (TimeScalingMetric(), "alpha")):
-        m = by_measure(metric.measure(ctx(tmp_path, history=hist)))[head]
+        m = by_measure(metric.measure_trajectory(ctx(tmp_path, history=hist)))[head]
         assert m.warning.startswith("the training log: dropped 30 of 421 rows: 3 with a missing or NaN value, "
                                     "2 with an infinite value, 4 with a value <= 0 (no logarithm), 21 repeating"), m.warning
         assert "1 restart (step went back" in m.warning
@@ -296,7 +296,7 @@ def test_all_negative_losses_get_a_message_about_the_data(tmp_path):
     hist = normalise_log(pd.DataFrame({"step": np.arange(1, 50), "loss": -np.linspace(1, 2, 49)}),
                          where="ll.csv", **LOG_KEYS)
     for metric, head in ((DecelerationMetric(), "t_d"), (TimeScalingMetric(), "alpha")):
-        m = by_measure(metric.measure(ctx(tmp_path, history=hist)))[head]
+        m = by_measure(metric.measure_trajectory(ctx(tmp_path, history=hist)))[head]
         assert m.status == "skipped" and "all 49 finite values are <= 0" in m.message and "log-likelihood" in m.message
 
 

@@ -49,7 +49,7 @@ def test_records_curve_recovers_known_deceleration(tmp_path):
         loss_records(steps, np.ones(len(steps)), model_id="run-a").assign(metric="interference"),  # another metric
         loss_records(steps[:5], [9.0] * 5).assign(status="error"),  # failed rows: ignored
     ], ignore_index=True)
-    ms = by_measure(DecelerationMetric(source="auto").measure(ctx(tmp_path, recs)))
+    ms = by_measure(DecelerationMetric(source="auto").measure_trajectory(ctx(tmp_path, recs)))
     assert ms["t_d"].status == "ok" and ms["t_d"].value == pytest.approx(5000.0, rel=1e-4)
     assert ms["r_d"].value == pytest.approx(0.02, abs=1e-6)
     assert ms["L_d"].value == pytest.approx(20.0 * 5000.0**-0.2, rel=1e-4)
@@ -63,7 +63,7 @@ def test_records_curve_recovers_known_deceleration(tmp_path):
 def test_tokens_axis_scales_t_d(tmp_path):
     steps = np.unique(np.geomspace(1, 262144, 300).astype(int))
     recs = loss_records(steps, law(steps, *TRUTH))
-    ms = by_measure(DecelerationMetric(x="tokens_seen").measure(ctx(tmp_path, recs)))
+    ms = by_measure(DecelerationMetric(x="tokens_seen").measure_trajectory(ctx(tmp_path, recs)))
     assert ms["t_d"].value == pytest.approx(5000.0 * 1000, rel=1e-4) and ms["t_d"].unit == "tokens"
     assert ms["r_d"].value == pytest.approx(0.02, abs=1e-6)
 
@@ -75,7 +75,7 @@ def test_history_curve_with_authors_preprocessing(tmp_path):
     rng = np.random.default_rng(0)
     loss = law(np.maximum(steps, 1), *TRUTH) * np.exp(rng.normal(0, 0.005, len(steps)))
     hist = pd.DataFrame({"step": steps, "loss": loss})
-    ms = by_measure(DecelerationMetric(mode="zsl").measure(ctx(tmp_path, history=hist)))
+    ms = by_measure(DecelerationMetric(mode="zsl").measure_trajectory(ctx(tmp_path, history=hist)))
     fit = ms["t_d"].extra["fit"]
     assert fit["source"] == "history" and fit["preprocessing"]["smooth"] and fit["preprocessing"]["subsample"]
     assert len(fit["x"]) == 433
@@ -97,17 +97,17 @@ def test_history_curve_with_authors_preprocessing(tmp_path):
 
 def test_source_history_without_log_raises_clearly(tmp_path):
     with pytest.raises(ValueError, match="no training log"):
-        list(DecelerationMetric(source="history").measure(ctx(tmp_path)))
+        list(DecelerationMetric(source="history").measure_trajectory(ctx(tmp_path)))
 
 
 def test_missing_tokens_column_raises_clearly(tmp_path):
     hist = pd.DataFrame({"step": np.arange(200, 5000), "loss": np.linspace(5, 3, 4800)})
     with pytest.raises(ValueError, match="no 'tokens_seen'"):
-        list(DecelerationMetric(x="tokens_seen").measure(ctx(tmp_path, history=hist)))
+        list(DecelerationMetric(x="tokens_seen").measure_trajectory(ctx(tmp_path, history=hist)))
 
 
 def test_no_curve_at_all_is_skipped(tmp_path):
-    ms = list(DecelerationMetric().measure(ctx(tmp_path)))
+    ms = list(DecelerationMetric().measure_trajectory(ctx(tmp_path)))
     assert {m.measure for m in ms} == {"t_d", "L_d", "r_d", "loss_extrapolated", "rsle"}
     assert all(m.status == "skipped" and "no ok loss:loss records" in m.message and "no training log" in m.message
                for m in ms)
@@ -116,10 +116,10 @@ def test_no_curve_at_all_is_skipped(tmp_path):
 @pytest.mark.parametrize("mode", ["robust", "zsl"])
 def test_constant_and_short_curves_are_skipped_not_raised(tmp_path, mode):
     steps = np.arange(101, 2000, 10)
-    ms = list(DecelerationMetric(mode=mode).measure(ctx(tmp_path, loss_records(steps, np.full(len(steps), 2.5)))))
+    ms = list(DecelerationMetric(mode=mode).measure_trajectory(ctx(tmp_path, loss_records(steps, np.full(len(steps), 2.5)))))
     assert all(m.status == "skipped" and "constant" in m.message for m in ms)
     short = loss_records([1, 2, 4, 8, 16, 32, 64, 128, 256], np.linspace(5, 3, 9))
-    ms = list(DecelerationMetric(mode=mode, min_step=100).measure(ctx(tmp_path, short)))
+    ms = list(DecelerationMetric(mode=mode, min_step=100).measure_trajectory(ctx(tmp_path, short)))
     assert all(m.status == "skipped" and "usable points" in m.message for m in ms)
     # the fitted inputs are kept even for a skipped fit
     assert ms[0].extra["fit"]["x"] == [128.0, 256.0]
@@ -127,7 +127,7 @@ def test_constant_and_short_curves_are_skipped_not_raised(tmp_path, mode):
 
 def test_failed_fit_gives_error_records(tmp_path):
     steps = np.unique(np.geomspace(101, 262144, 200).astype(int))
-    ms = list(DecelerationMetric(maxfev=1).measure(ctx(tmp_path, loss_records(steps, law(steps, *TRUTH) * 1.1))))
+    ms = list(DecelerationMetric(maxfev=1).measure_trajectory(ctx(tmp_path, loss_records(steps, law(steps, *TRUTH) * 1.1))))
     assert all(m.status == "error" and "BNSL fit failed" in m.message for m in ms)
 
 
@@ -136,8 +136,8 @@ def test_several_loss_tasks_need_a_choice(tmp_path):
     recs = pd.concat([loss_records(steps, law(steps, *TRUTH), task="val"),
                       loss_records(steps, law(steps, *TRUTH) * 2, task="train")], ignore_index=True)
     with pytest.raises(ParameterError, match="loss:loss:train"):
-        list(DecelerationMetric().measure(ctx(tmp_path, recs)))
-    ms = by_measure(DecelerationMetric(curve="loss:loss:train").measure(ctx(tmp_path, recs)))
+        list(DecelerationMetric().measure_trajectory(ctx(tmp_path, recs)))
+    ms = by_measure(DecelerationMetric(curve="loss:loss:train").measure_trajectory(ctx(tmp_path, recs)))
     assert ms["L_d"].value == pytest.approx(2 * 20.0 * 5000.0**-0.2, rel=1e-4)
 
 
@@ -146,7 +146,7 @@ def test_caballero_mode_through_the_metric(tmp_path):
     steps = np.unique(np.geomspace(10, 262144, 300).astype(int))
     grid = {"a": [0.0, 1.0, 0.5], "p_b": [12.5, 15.0, 2.5], "c0": [0.2, 0.4, 0.1], "c": [0.3, 0.5, 0.1],
             "p_d": [35.0, 40.0, 2.5], "f": [0.1, 0.5, 0.2]}
-    ms = by_measure(DecelerationMetric(mode="caballero", grid=grid).measure(ctx(tmp_path, loss_records(steps, law(steps, *truth)))))
+    ms = by_measure(DecelerationMetric(mode="caballero", grid=grid).measure_trajectory(ctx(tmp_path, loss_records(steps, law(steps, *truth)))))
     assert ms["t_d"].value == pytest.approx(5000.0, rel=1e-4)
     assert ms["param_a"].value == pytest.approx(0.5, rel=1e-4)
     assert ms["t_d"].extra["fit"]["preprocessing"]["min_step"] == 0.0
@@ -177,7 +177,7 @@ def test_plots_one_png_per_run(tmp_path):
     steps = np.unique(np.geomspace(1, 262144, 200).astype(int))
     rows = []
     for run, scale in (("run-a", 1.0), ("run/b", 1.5)):
-        for m in DecelerationMetric().measure(ctx(tmp_path, loss_records(steps, law(steps, *TRUTH) * scale, run), model_id=run)):
+        for m in DecelerationMetric().measure_trajectory(ctx(tmp_path, loss_records(steps, law(steps, *TRUTH) * scale, run), model_id=run)):
             rows.append({"metric": "deceleration", "measure": m.measure, "status": m.status, "model_id": run,
                          "extra": json.dumps(m.extra)})
     files = DecelerationMetric().plots(pd.DataFrame(rows), tmp_path / "figs")
@@ -189,7 +189,7 @@ def test_irregular_history_is_not_smoothed(tmp_path):
     """The moving average runs over sample indices, so auto turns it off for irregular logs."""
     steps = np.unique(np.geomspace(1, 262144, 3000).astype(int))
     hist = pd.DataFrame({"step": steps, "loss": law(steps, *TRUTH)})
-    ms = by_measure(DecelerationMetric(mode="zsl").measure(ctx(tmp_path, history=hist)))
+    ms = by_measure(DecelerationMetric(mode="zsl").measure_trajectory(ctx(tmp_path, history=hist)))
     prep = ms["t_d"].extra["fit"]["preprocessing"]
     assert prep == {"smooth": False, "subsample": True, "min_step": 100.0, "uniform_steps": False}
     assert ms["t_d"].value == pytest.approx(5000.0, rel=1e-4)  # unsmoothed: the exact break

@@ -28,7 +28,7 @@ import torch
 
 from conftest import ROOT, TINY_TOY
 from harness import store
-from harness.api import Measurement, Metric, Scope
+from harness.api import Measurement, Metric
 from harness.registry import metrics as metric_registry
 from harness.runner import NonFiniteFieldError, Runner, RunSpec, guard_fields
 
@@ -45,9 +45,8 @@ class FtNormMetric(Metric):
     """Frobenius norm of every `weights` tensor (reads the field, so the NaN guard applies)."""
 
     name = "ft_norm"
-    scopes = (Scope.CHECKPOINT,)
 
-    def measure(self, ctx):
+    def measure_checkpoint(self, ctx):
         delay = float(os.environ.get("FT_SLEEP", "0"))
         if delay:
             time.sleep(delay)
@@ -59,9 +58,8 @@ class FtBoomMetric(Metric):
     """Raises at one step (FT_BOOM_STEP), measures 1.0 elsewhere."""
 
     name = "ft_boom"
-    scopes = (Scope.CHECKPOINT,)
 
-    def measure(self, ctx):
+    def measure_checkpoint(self, ctx):
         if ctx.checkpoint.ref.step == int(os.environ.get("FT_BOOM_STEP", "-1")):
             raise RuntimeError(f"boom at step {ctx.checkpoint.ref.step}")
         yield Measurement("one", 1.0)
@@ -71,10 +69,9 @@ class FtSuiteMetric(Metric):
     """Suite scope: counts the ok `loss` records of the run root (what a suite metric can see)."""
 
     name = "ft_suite"
-    scopes = (Scope.SUITE,)
     reads = ("loss",)
 
-    def measure(self, ctx):
+    def measure_suite(self, ctx):
         r = ctx.records
         loss = r[(r["metric"] == "loss") & (r["status"] == "ok")]
         yield Measurement("n_loss_records", float(len(loss)))

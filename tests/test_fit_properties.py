@@ -79,7 +79,7 @@ def run_metrics(history: pd.DataFrame, tmp: Path, model_id: str = "log") -> list
                             records=pd.DataFrame(columns=["metric", "measure", "status", "model_id", "step",
                                                           "value", "task", "layer", "scope"]),
                             history=history)
-    return list(DecelerationMetric().measure(ctx)) + list(TimeScalingMetric().measure(ctx))
+    return list(DecelerationMetric().measure_trajectory(ctx)) + list(TimeScalingMetric().measure_trajectory(ctx))
 
 
 @SETTINGS

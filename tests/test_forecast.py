@@ -294,7 +294,7 @@ def test_cli_forecast_and_backtest(tmp_path, capsys):
     fc = pd.read_csv(root / "forecast" / "forecast.csv")
     assert set(fc["method"]) == {"last", "suite", "observables"}
     assert len(fc) == 3 * 6 * 2
-    assert main(["forecast", "backtest", str(root), "--method", "last,curve,suite,observables", "--cutoffs",
+    assert main(["forecast", "backtest", str(root), "--method", "last,suite,observables", "--cutoffs",
                  "0.1,0.5", *sel]) == 0
     out = capsys.readouterr().out
     assert "verdict: at cutoff 0.1" in out
@@ -377,3 +377,46 @@ def test_suite_leverage_guard_avoids_wild_extrapolation():
     guarded, inputs = Suite().predict(target, train)
     assert wild > 1.0
     assert 0.2 < guarded < 0.8 and inputs["features"] != ["1", "log_n_params", "value_at_cutoff"]
+
+
+# ---- the published Pythia scores (shipped with the pythia plugin) ----------------------------
+
+PYTHIA_TARGETS = ["published:acc:lambada_openai", "published:acc:piqa", "published:acc:arc_easy", "published:acc:sciq",
+                  "published:acc:winogrande", "published:acc_norm:arc_challenge", "published:acc_norm:logiqa",
+                  "published:acc:wsc"]
+
+
+def test_backtest_on_published_pythia_scores(tmp_path):
+    """Through the real weightless source: the issue measured `last` at MAE 0.058 (cutoff step
+    13000 of 143000, 8 sizes, the 8 zero-shot tasks), an independent number this reproduces;
+    `suite` must beat it by more than 2x with calibrated 90% intervals. (The issue's goal of
+    MAE <= 0.02 is not reached: 0.023, wsc alone 0.083; docs/forecast.md.)"""
+    from harness.runner import Runner, RunSpec
+
+    spec = RunSpec(model_name="pythia", model={"source": "published"}, metrics={"loss": {}}, data={},
+                   checkpoints={"select": "all"}, run_dir=tmp_path / "pub", run_root=tmp_path / "pub",
+                   progress="off", report=False)
+    Runner(spec).run()
+    import harness
+
+    perf = performance_series(harness.load_results(tmp_path / "pub"), PYTHIA_TARGETS)
+    assert perf["run"].nunique() == 8 and perf["series"].nunique() == 8
+    bt = backtest(perf, cutoffs=(13000,), methods=["last", "suite"], target_step=143000)
+    overall = bt.summary[bt.summary.series == "all"].set_index("method")
+    assert overall.loc["last", "mae"] == pytest.approx(0.058, abs=0.0005)
+    assert overall.loc["last", "n"] == 64 and overall.loc["suite", "n"] == 64
+    assert overall.loc["suite", "mae"] < 0.5 * overall.loc["last", "mae"]
+    assert 0.85 <= overall.loc["suite", "coverage"] <= 0.95
+
+
+def test_series_in_different_units_are_not_averaged():
+    """An accuracy and a perplexity-like series: the overall MAE would be the perplexity's; the
+    backtest blanks it and ranks by MAE in stderr units, and says why."""
+    perf, _ = synthetic_series(n_runs=8, n_series=2, sigma=SIGMA, seed=4)
+    ppl = perf["series"] == "task1/acc"
+    perf.loc[ppl, ["value", "stderr"]] *= 100
+    perf.loc[ppl, "higher_is_better"] = False
+    bt = backtest(perf, cutoffs=(0.1, 0.5), methods=["last", Suite(robust=False)])
+    overall = bt.summary[bt.summary.series == "all"]
+    assert overall["mae"].isna().all() and overall["mae_se"].notna().all()
+    assert "stderr units because higher- and lower-is-better series are mixed" in bt.verdict

@@ -14,13 +14,8 @@ import torch
 from harness.api import Checkpoint, CheckpointContext, CheckpointRef, PairContext, ParameterError
 from harness.lm import CausalLMCheckpoint, random_token_batches, tiny_gpt_neox
 from harness_plugins.metrics.interference import InterferenceMetric
-from harness_plugins.metrics.interference.opposition import (
-    find_targets,
-    opposition,
-    opposition_loop,
-    opposition_per_position,
-    opposition_vmap,
-)
+from harness_plugins.metrics.interference.opposition import find_targets, opposition
+from opposition_oracles import opposition_loop, opposition_per_position, opposition_vmap
 from harness_plugins.metrics.interference.stats import interference_stats
 
 torch.set_num_threads(1)
@@ -276,7 +271,7 @@ def test_dt1_with_sgd_equals_a_hand_computed_update(tmp_path):
     w, splits = _regression_data()
     ck = LinearRegressionCheckpoint(_ref(lr=0.05), w, splits)
     w_before = ck.model.weight.detach().clone()
-    ms = list(InterferenceMetric(grad=False).measure(CheckpointContext({}, tmp_path, 0, ck)))
+    ms = list(InterferenceMetric(grad=False).measure_checkpoint(CheckpointContext({}, tmp_path, 0, ck)))
     for task, dl in _hand_sgd(w, splits, 0.05).items():
         D = 1 - abs(dl.sum()) / np.abs(dl).sum()
         assert _by(ms, "D_dl_step", task).value == pytest.approx(D, rel=1e-9)
@@ -311,7 +306,7 @@ def test_dt1_restores_stored_optimizer_state(tmp_path):
     ((twin(x).squeeze(-1) - y) ** 2).mean().backward()
     opt2.step()
     after = torch.cat([ck.per_example_loss(b, twin) for b in splits["val"]]).detach()
-    ms = list(InterferenceMetric(grad=False, loss_pair=False).measure(CheckpointContext({}, tmp_path, 0, ck)))
+    ms = list(InterferenceMetric(grad=False, loss_pair=False).measure_checkpoint(CheckpointContext({}, tmp_path, 0, ck)))
     d = _by(ms, "D_dl_step", "val")
     assert d.value == pytest.approx(interference_stats(after - before["val"]).D, rel=1e-9)
     assert d.extra["optimizer_source"] == "checkpoint" and d.extra["lr"] == pytest.approx(0.03)
@@ -323,7 +318,7 @@ def test_dt1_fresh_adamw_first_step_is_a_sign_step(tmp_path):
     """From zero state AdamW's first update is lr * g / (|g| + eps): ~lr * sign(g)."""
     w, splits = _regression_data(seed=5)
     ck = LinearRegressionCheckpoint(_ref(lr=0.01), w, splits)
-    ms = list(InterferenceMetric(grad=False, optimizer="adamw").measure(CheckpointContext({}, tmp_path, 0, ck)))
+    ms = list(InterferenceMetric(grad=False, optimizer="adamw").measure_checkpoint(CheckpointContext({}, tmp_path, 0, ck)))
     x, y = (t.numpy() for t in splits["train"][0])
     g = 2 * ((x @ w - y)[:, None] * x).mean(0)
     w1 = w - 0.01 * g / (np.abs(g) + 1e-8)
@@ -334,18 +329,18 @@ def test_dt1_fresh_adamw_first_step_is_a_sign_step(tmp_path):
 def test_dt1_without_learning_rate_is_skipped_and_missing_train_split_falls_back(tmp_path):
     w, splits = _regression_data()
     ck = LinearRegressionCheckpoint(_ref(lr=None), w, splits)
-    ms = list(InterferenceMetric(grad=False).measure(CheckpointContext({}, tmp_path, 0, ck)))
+    ms = list(InterferenceMetric(grad=False).measure_checkpoint(CheckpointContext({}, tmp_path, 0, ck)))
     d = _by(ms, "D_dl_step", "val")
     assert d.status == "skipped" and "learning rate" in d.message
     ck = LinearRegressionCheckpoint(_ref(lr=0.1), w, {"val": splits["val"]})
-    ms = list(InterferenceMetric(grad=False).measure(CheckpointContext({}, tmp_path / "b", 0, ck)))
+    ms = list(InterferenceMetric(grad=False).measure_checkpoint(CheckpointContext({}, tmp_path / "b", 0, ck)))
     d = _by(ms, "D_dl_step", "update")
     assert d.status == "ok" and "no split 'train'" in d.warning
 
 
 def test_dt1_on_neox_leaves_the_model_untouched(neox, tmp_path):
     before = {n: p.detach().clone() for n, p in neox.model.named_parameters()}
-    ms = list(InterferenceMetric(lr=1e-2, grad=False).measure(CheckpointContext({}, tmp_path, 0, neox)))
+    ms = list(InterferenceMetric(lr=1e-2, grad=False).measure_checkpoint(CheckpointContext({}, tmp_path, 0, neox)))
     d = _by(ms, "D_dl_step", "val")
     assert d.status == "ok" and 0.0 <= d.value <= 1.0 and d.n == 2 * 3 * 8
     assert _by(ms, "D_dl_step", "update").n == 4 * 8
@@ -360,12 +355,12 @@ def test_pair_scope_reads_the_previous_checkpoint_losses(tmp_path):
     ck0 = LinearRegressionCheckpoint(_ref(step=10), w, splits)
     ck1 = LinearRegressionCheckpoint(_ref(step=20), w + 0.1, splits)
     metric = InterferenceMetric(grad=False, loss_step=False)
-    none = list(metric.measure(PairContext({}, tmp_path, 0, _ref(step=10), ck1)))
+    none = list(metric.measure_pair(PairContext({}, tmp_path, 0, _ref(step=10), ck1)))
     assert _by(none, "D_dl_pair", "val").status == "skipped"
-    assert list(metric.measure(CheckpointContext({}, tmp_path, 0, ck0))) == []  # only caches
+    assert list(metric.measure_checkpoint(CheckpointContext({}, tmp_path, 0, ck0))) == []  # only caches
     assert any(tmp_path.rglob("losses.safetensors"))
     ck0.close()
-    ms = list(metric.measure(PairContext({}, tmp_path, 0, _ref(step=10), ck1)))
+    ms = list(metric.measure_pair(PairContext({}, tmp_path, 0, _ref(step=10), ck1)))
     x = np.concatenate([a.numpy() for a, _ in splits["val"]])
     y = np.concatenate([b.numpy() for _, b in splits["val"]])
     dl = (x @ (w + 0.1) - y) ** 2 - (x @ w - y) ** 2
@@ -375,7 +370,7 @@ def test_pair_scope_reads_the_previous_checkpoint_losses(tmp_path):
 
 
 def test_checkpoint_scope_gradient_measures_on_neox(neox, tmp_path):
-    ms = list(InterferenceMetric(loss_step=False, loss_pair=False, example="token").measure(
+    ms = list(InterferenceMetric(loss_step=False, loss_pair=False, example="token").measure_checkpoint(
         CheckpointContext({}, tmp_path, 0, neox)))
     top = _by(ms, "D_grad_token", "val")
     targets, _ = find_targets(neox.model)

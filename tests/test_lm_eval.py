@@ -50,7 +50,7 @@ def _ckpt(env, **kw):
 def plugin_records(env, tmp_path_factory):
     metric = LmEvalMetric(limit=LIMIT, bootstrap_iters=50, cache_dir=str(env["root"] / "cache"))
     out = tmp_path_factory.mktemp("art")
-    return list(metric.measure(_ctx(env, _ckpt(env), out))), out
+    return list(metric.measure_checkpoint(_ctx(env, _ckpt(env), out))), out
 
 
 def test_plugin_matches_lm_eval_on_saved_model_dir(env, plugin_records):
@@ -112,7 +112,7 @@ def test_global_rng_state_is_left_alone(env, tmp_path):
     expected = (random.random(), float(np.random.rand()), float(torch.rand(1)))
     random.seed(7), np.random.seed(7), torch.manual_seed(7)
     metric = LmEvalMetric(tasks=["pydoc_mc"], limit=2, bootstrap_iters=0, cache_dir=str(env["root"] / "cache"))
-    list(metric.measure(_ctx(env, _ckpt(env), tmp_path)))
+    list(metric.measure_checkpoint(_ctx(env, _ckpt(env), tmp_path)))
     assert (random.random(), float(np.random.rand()), float(torch.rand(1))) == expected
 
 
@@ -177,10 +177,10 @@ def test_results_to_measurements_schema():
 
 def test_skips_without_tokenizer_or_hf_model(env, tmp_path):
     no_tok = CausalLMCheckpoint(CheckpointRef("x", "m", "s", 1), env["model"])
-    (rec,) = LmEvalMetric().measure(_ctx(env, no_tok, tmp_path))
+    (rec,) = LmEvalMetric().measure_checkpoint(_ctx(env, no_tok, tmp_path))
     assert rec.status == "skipped" and rec.message == M.SKIP_NO_TOKENIZER
     native = CausalLMCheckpoint(CheckpointRef("x", "m", "s", 1), torch.nn.Linear(3, 3), tokenizer=env["tok"])
-    (rec,) = LmEvalMetric().measure(_ctx(env, native, tmp_path))
+    (rec,) = LmEvalMetric().measure_checkpoint(_ctx(env, native, tmp_path))
     assert rec.status == "skipped" and rec.message == M.SKIP_NOT_HF
 
 

@@ -376,7 +376,7 @@ def test_end_to_end_offline_hub_errors(tmp_path):
     import harness
 
     res = run_harness("model=pythia", "model.size=70m", "checkpoints=list", "checkpoints.steps=[0,1000]",
-                      "metric=loss", f"results_dir={tmp_path}", "run_name=r", "print_config=false", "progress=off",
+                      "metric=loss", "model.published.join=false", f"results_dir={tmp_path}", "run_name=r", "print_config=false", "progress=off",
                       env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "empty_hf")}, timeout=120)
     assert res.returncode in (0, 1), res.stderr[-2000:]  # the run finishes; errors may set exit code 1
     df = harness.load_results(tmp_path / "r")

@@ -80,9 +80,15 @@ def test_reader_matches_safetensors(two_files):
         assert got.dtype == t.dtype and torch.equal(got, t)
 
 
+@pytest.mark.parametrize("mapped", [True, False])
 @pytest.mark.parametrize("chunk", [7, T.CHUNK_ELEMS])
-def test_stream_deltas_exact(two_files, monkeypatch, chunk):
-    monkeypatch.setattr(T, "CHUNK_ELEMS", chunk)  # 7 forces many partial chunks
+def test_stream_deltas_exact(two_files, monkeypatch, chunk, mapped):
+    monkeypatch.setattr(T, "CHUNK_ELEMS", chunk)  # 7 forces many partial chunks (and unaligned windows)
+    if not mapped:  # the readinto fallback for files that cannot be memory-mapped
+        def no_mmap(self, e, out):
+            raise OSError("no mmap here")
+
+        monkeypatch.setattr(T.WeightFiles, "_subtract_mapped", no_mmap)
     pa, pb = two_files
     a, b = load_file(str(pa)), load_file(str(pb))
     got = dict(T.stream_deltas(T.WeightFiles.open([pb]), T.WeightFiles.open([pa])))

@@ -92,7 +92,7 @@ def test_relation_matches_scipy_and_has_baseline_row():
     base = acc[acc.observable == "log(tokens_seen)"].iloc[0]
     assert base["spearman"] == pytest.approx(stats.spearmanr(np.log(tok), y).statistic)
     np.testing.assert_allclose(d["q_bh"], stats.false_discovery_control(d["perm_p"], method="bh"))
-    assert "partial r (log step, size)" in rel.display.columns
+    assert "partial r | log step, size [95%]" in rel.display.columns and "oos gain [95%]" in rel.display.columns
 
 
 def test_partial_correlation_removes_pure_time_trend():

@@ -22,17 +22,19 @@ def test_run_report_files_deterministic_and_loadable(tmp_path):
     f = make_frame()
     files = write_run_report(tmp_path / "r1", f)
     names = sorted(p.name for p in files)
-    tables = ("leaderboard", "relation", "trajectories", "status")
-    assert names == sorted([f"{t}.{x}" for t in tables for x in ("md", "csv", "parquet")] + ["report.html"])
+    tables = ("leaderboard", "verdicts", "relation_checkpoint", "relation_step", "relation_model", "trajectories",
+              "status")
+    want = {f"{t}.{x}" for t in tables for x in ("md", "csv", "parquet")} | {"report.html"}
+    assert set(names) == want - {"relation_step.parquet"}  # no suite series: empty, says why in .md
     write_run_report(tmp_path / "r2", f.sample(frac=1.0, random_state=0))  # shuffled input
-    for name in ("leaderboard.md", "leaderboard.csv", "trajectories.md", "trajectories.csv", "relation.csv",
-                 "status.md"):
+    for name in ("leaderboard.md", "leaderboard.csv", "trajectories.md", "trajectories.csv",
+                 "relation_checkpoint.csv", "relation_model.csv", "verdicts.md", "status.md"):
         assert (tmp_path / "r1/report" / name).read_bytes() == (tmp_path / "r2/report" / name).read_bytes(), name
     back = pd.read_parquet(tmp_path / "r1/report/trajectories.parquet")
     assert back.shape[0] == 24 and "pydoc_mc/acc stderr" in back.columns
     board = pd.read_parquet(tmp_path / "r1/report/leaderboard.parquet")
     assert board.shape[0] == 3 and list(board["rank"]) == [1, 2, 3]  # one row per model
-    csv = pd.read_csv(tmp_path / "r1/report/relation.csv")
+    csv = pd.read_csv(tmp_path / "r1/report/relation_checkpoint.csv")
     assert {"spearman", "kendall", "partial_r", "perm_p", "q_bh"} <= set(csv.columns)
 
 
@@ -114,6 +116,6 @@ def test_report_cli(tmp_path, capsys):
 
 def test_write_report_custom_performance(tmp_path):
     _, tables = write_report(make_frame(), tmp_path, formats=("csv",), performance=["obs:*"], n_boot=0, n_perm=0)
-    rel = next(t for t in tables if t.name == "relation").data
+    rel = next(t for t in tables if t.name == "relation_checkpoint").data
     assert set(rel["performance"]) == {"obs.tracks"}
     assert json.loads(json.dumps(list(rel["observable"])))[0] == "log(tokens_seen)"

@@ -122,7 +122,7 @@ def test_hvp_methods_equal_exact_hessian_times_v(small64, method):
 def test_metric_eigenpairs_match_exact_hessian(small64, tmp_path):
     ckpt, obj, _, evals, evecs = small64
     metric = SubspaceMetric(ks=[1, 5, 10], n_minibatches=0)
-    ms = metric.measure(ctx_for(ckpt, tmp_path))
+    ms = metric.measure_checkpoint(ctx_for(ckpt, tmp_path))
     lam = records(ms, "eigenvalue")
     got = np.array([lam[f"i={i}"].value for i in range(1, 11)])
     assert np.all(np.abs(got - evals[:10]) <= 1e-4 * np.abs(evals[:10]))
@@ -237,7 +237,7 @@ def trained_run(tmp_path_factory):
         ckpts[step] = ClassifierCheckpoint(m, batches, step=step)
     root = tmp_path_factory.mktemp("run")
     metric = SubspaceMetric(ks=[1, 10, 20], minibatch_size=32, n_minibatches=16)
-    results = {s: metric.measure(ctx_for(c, root)) for s, c in ckpts.items()}
+    results = {s: metric.measure_checkpoint(ctx_for(c, root)) for s, c in ckpts.items()}
     return metric, ckpts, root, results
 
 
@@ -261,7 +261,7 @@ def test_f_top_rises_well_above_chance_during_sgd(trained_run):
 def test_pair_scope_overlap_from_cache(trained_run):
     metric, ckpts, root, _ = trained_run
     prev = ckpts[1000].ref
-    pair = metric.measure(PairContext(metric_config={}, artifact_root=root, seed=0, previous=prev, checkpoint=ckpts[1500]))
+    pair = metric.measure_pair(PairContext(metric_config={}, artifact_root=root, seed=0, previous=prev, checkpoint=ckpts[1500]))
     op = records(pair, "overlap_previous")
     oref = records(pair, "overlap_reference")
     chance = records(pair, "overlap_chance")["k=10"].value
@@ -277,13 +277,13 @@ def test_pair_overlap_identical_weights_is_one_and_missing_previous_is_skipped(s
     metric = SubspaceMetric(ks=[5], n_minibatches=0, residuals=False)
     c0 = ClassifierCheckpoint(ckpt.model, ckpt.eval_batches(), step=0)
     c1 = ClassifierCheckpoint(ckpt.model, ckpt.eval_batches(), step=7)
-    metric.measure(ctx_for(c0, tmp_path))
+    metric.measure_checkpoint(ctx_for(c0, tmp_path))
     # current (step 7) not cached: the pair scope computes and caches it itself
-    pair = metric.measure(PairContext(metric_config={}, artifact_root=tmp_path, seed=0, previous=c0.ref, checkpoint=c1))
+    pair = metric.measure_pair(PairContext(metric_config={}, artifact_root=tmp_path, seed=0, previous=c0.ref, checkpoint=c1))
     m = records(pair, "overlap_previous")["k=5"]
     assert m.value == pytest.approx(1.0, abs=1e-6) and m.extra["n_hvp"] > 0
     missing = CheckpointRef(family="test_mix", model_id="mix", size="s", step=3)
-    pair = metric.measure(PairContext(metric_config={}, artifact_root=tmp_path, seed=0, previous=missing, checkpoint=c1))
+    pair = metric.measure_pair(PairContext(metric_config={}, artifact_root=tmp_path, seed=0, previous=missing, checkpoint=c1))
     m = records(pair, "overlap_previous")["k=5"]
     assert m.status == "skipped" and "step 3" in m.message
     assert records(pair, "overlap_reference")["k=5"].value == pytest.approx(1.0, abs=1e-6)
@@ -300,7 +300,7 @@ def test_causal_lm_random_coordinates_match_exact_hessian_block(tmp_path):
     )
     metric = SubspaceMetric(ks=[1, 4], n_coords=80, n_minibatches=2, minibatch_size=4, trace_samples=4,
                             hvp="fwd_rev")
-    ms = metric.measure(ctx_for(ckpt, tmp_path))
+    ms = metric.measure_checkpoint(ctx_for(ckpt, tmp_path))
     assert model.config._attn_implementation == "sdpa"  # restored after the analysis
     assert all(m.status == "ok" for m in ms), [m.message for m in ms if m.status != "ok"]
     # independent truth: the full Hessian block on those 80 coordinates by autograd
@@ -327,13 +327,13 @@ def test_causal_lm_module_subset(tmp_path):
     )
     pattern = "gpt_neox.layers.1.mlp.*"
     expected_p = sum(p.numel() for n, p in model.named_parameters() if n.startswith("gpt_neox.layers.1.mlp."))
-    ms = SubspaceMetric(ks=[2], modules=[pattern], n_minibatches=0).measure(ctx_for(ckpt, tmp_path))
+    ms = SubspaceMetric(ks=[2], modules=[pattern], n_minibatches=0).measure_checkpoint(ctx_for(ckpt, tmp_path))
     lam = records(ms, "eigenvalue")
     assert lam["i=1"].extra["n_params"] == expected_p
     assert lam["i=1"].value >= lam["i=2"].value
     assert max(m.value for m in records(ms, "eigen_residual").values()) <= 1e-2
     with pytest.raises(ValueError, match="match no parameter"):
-        SubspaceMetric(modules=["nope.*"]).measure(ctx_for(ckpt, tmp_path))
+        SubspaceMetric(modules=["nope.*"]).measure_checkpoint(ctx_for(ckpt, tmp_path))
 
 
 # ---- skips, errors, parameters, config --------------------------------------------------
@@ -342,13 +342,13 @@ def test_causal_lm_module_subset(tmp_path):
 def test_skips_with_reasons(tmp_path):
     bare = ClassifierCheckpoint(mlp(), [])
     bare.eval_batches = lambda split="val": (_ for _ in ()).throw(NotImplementedError("no evaluation data"))
-    (m,) = SubspaceMetric().measure(ctx_for(bare, tmp_path))
+    (m,) = SubspaceMetric().measure_checkpoint(ctx_for(bare, tmp_path))
     assert m.status == "skipped" and "no evaluation data" in m.message
     x, y = mixture(64)
     ckpt = ClassifierCheckpoint(mlp(), batches_of(x, y, 64))
-    (m,) = SubspaceMetric(max_params=100).measure(ctx_for(ckpt, tmp_path))
+    (m,) = SubspaceMetric(max_params=100).measure_checkpoint(ctx_for(ckpt, tmp_path))
     assert m.status == "skipped" and "max_params=100" in m.message and "n_coords" in m.message
-    ms = SubspaceMetric(ks=[2], minibatch_size=100, residuals=False).measure(ctx_for(ckpt, tmp_path))
+    ms = SubspaceMetric(ks=[2], minibatch_size=100, residuals=False).measure_checkpoint(ctx_for(ckpt, tmp_path))
     mb = records(ms, "f_top_minibatch")["k=2"]
     assert mb.status == "skipped" and "minibatch_size=100" in mb.message
 
@@ -455,8 +455,8 @@ def test_eval_mode_during_analysis_and_training_flag_restored(tmp_path):
     model = nn.Sequential(nn.Linear(20, 16), nn.Dropout(0.5), nn.Tanh(), nn.Linear(16, 10)).train()
     ckpt = ClassifierCheckpoint(model, batches_of(x, y, 128))
     metric = SubspaceMetric(ks=[3], n_minibatches=0, residuals=False, eig_tol=1e-8)
-    a = records(metric.measure(ctx_for(ckpt, tmp_path)), "eigenvalue")
-    b = records(metric.measure(ctx_for(ckpt, tmp_path)), "eigenvalue")
+    a = records(metric.measure_checkpoint(ctx_for(ckpt, tmp_path)), "eigenvalue")
+    b = records(metric.measure_checkpoint(ctx_for(ckpt, tmp_path)), "eigenvalue")
     assert model.training
     assert a["i=1"].value == pytest.approx(b["i=1"].value, rel=1e-9)
     model.eval()

@@ -60,7 +60,7 @@ def test_published_mechanism_short_run(tmp_path):
     [500, 5000] (the research note's short check of the paper's mechanism)."""
     fam = ToySoftmaxFamily(d=32, vocab=128, temperature=1e-3, lr=100.0, batch_size=1024, steps=5000,
                            n_checkpoints=8, workdir=str(tmp_path))
-    peaked = _by_measure(TimeScalingMetric(fit_min_step=500, fit_max_step=5000).measure(
+    peaked = _by_measure(TimeScalingMetric(fit_min_step=500, fit_max_step=5000).measure_trajectory(
         _trajectory(fam, "toy_softmax/T=0.001,lr=100,seed=0")))
     assert 0.33 <= peaked["alpha"].value <= 0.42, peaked["alpha"]
     assert peaked["power_law"].value == 1.0, peaked["power_law"].message
@@ -71,9 +71,9 @@ def test_non_peaked_control_is_flagged(tmp_path):
     crashes exponentially, and the run is flagged as no power law; T=1e-3 beside it is not."""
     fam = ToySoftmaxFamily(d=32, vocab=128, temperature=[1e-3, 1e-1], lr=30.0, batch_size=1024, steps=2000,
                            n_checkpoints=8, workdir=str(tmp_path))
-    control = _by_measure(TimeScalingMetric().measure(_trajectory(fam, "toy_softmax/T=0.1,lr=30,seed=0")))
+    control = _by_measure(TimeScalingMetric().measure_trajectory(_trajectory(fam, "toy_softmax/T=0.1,lr=30,seed=0")))
     assert control["power_law"].value == 0.0 and control["power_law"].warning.startswith("no power law")
-    peaked = _by_measure(TimeScalingMetric().measure(_trajectory(fam, "toy_softmax/T=0.001,lr=30,seed=0")))
+    peaked = _by_measure(TimeScalingMetric().measure_trajectory(_trajectory(fam, "toy_softmax/T=0.001,lr=30,seed=0")))
     assert peaked["power_law"].value == 1.0, peaked["power_law"].message
 
 
@@ -82,10 +82,10 @@ def test_published_mechanism_full_30k_steps(tmp_path):
     """The paper's setting: SGD lr=30, T=1e-3, 30k steps: alpha in [0.34, 0.40] fitted on [300, 30000]."""
     fam = ToySoftmaxFamily(d=32, vocab=128, temperature=[1e-3, 1e-1], lr=30.0, batch_size=1024, steps=30000,
                            n_checkpoints=8, workdir=str(tmp_path))
-    peaked = _by_measure(TimeScalingMetric(fit_min_step=300, fit_max_step=30000).measure(
+    peaked = _by_measure(TimeScalingMetric(fit_min_step=300, fit_max_step=30000).measure_trajectory(
         _trajectory(fam, "toy_softmax/T=0.001,lr=30,seed=0")))
     assert 0.34 <= peaked["alpha"].value <= 0.40, peaked["alpha"]
-    control = _by_measure(TimeScalingMetric(fit_min_step=300, fit_max_step=30000).measure(
+    control = _by_measure(TimeScalingMetric(fit_min_step=300, fit_max_step=30000).measure_trajectory(
         _trajectory(fam, "toy_softmax/T=0.1,lr=30,seed=0")))
     assert control["power_law"].value == 0.0
 
@@ -101,7 +101,7 @@ def test_uses_loss_records_and_logit_scale(tmp_path):
     refs = [CheckpointRef("f", "m", "s", int(s), learning_rate=1.0) for s in steps]
     ctx = TrajectoryContext(metric_config={}, artifact_root=tmp_path, seed=0, model_id="m", refs=refs,
                             records=pd.DataFrame(rows), history=None)
-    out = _by_measure(TimeScalingMetric().measure(ctx))
+    out = _by_measure(TimeScalingMetric().measure_trajectory(ctx))
     assert abs(out["alpha"].value - 1 / 3) < 1e-3 and abs(out["L0"].value - 0.1) < 1e-3
     assert abs(out["logit_scale_exponent"].value - 1 / 3) < 1e-6
     assert json.loads(json.dumps(out["alpha"].extra))["source"] == "loss records"

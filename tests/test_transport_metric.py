@@ -46,7 +46,7 @@ def run_checkpoints(metric: TransportMetric, tensors_by_size: dict[str, dict], t
         ref = CheckpointRef("synthetic", f"run-{size}", size, step, n_params=sum(t.numel() for t in tensors.values()))
         ctx = CheckpointContext(metric_config={}, artifact_root=tmp_path, seed=seed,
                                 checkpoint=FieldCheckpoint(ref, tensors))
-        for ms in metric.measure(ctx):
+        for ms in metric.measure_checkpoint(ctx):
             rows.append(as_row(ms, ref, "checkpoint"))
     return rows
 
@@ -62,7 +62,7 @@ def as_row(ms: Measurement, ref: CheckpointRef | None, scope: str) -> dict:
 def suite(metric: TransportMetric, rows: list[dict], tmp_path) -> dict:
     ctx = SuiteContext(metric_config={}, artifact_root=tmp_path, seed=0, family="synthetic", refs=[],
                        records=pd.DataFrame(rows))
-    out = list(metric.measure(ctx))
+    out = list(metric.measure_suite(ctx))
     keys = [(m.measure, m.task, m.step, m.size) for m in out]
     assert len(keys) == len(set(keys)), "suite measurements must have distinct identities"
     return {(m.measure, m.task, m.step, m.size): m for m in out}

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from harness.capture.schedule import PRESETS, Schedule
+from harness.capture.schedule import Schedule, presets
 
-__all__ = ["PRESETS", "HarnessCallback", "HarnessLightningCallback", "Recorder", "Schedule"]
+__all__ = ["HarnessCallback", "HarnessLightningCallback", "Recorder", "Schedule", "presets"]
 
 _LAZY = {
     "HarnessCallback": "harness.capture.hf",

@@ -81,6 +81,7 @@ class HarnessCallback(TrainerCallback):
 
     @property
     def schedule(self) -> Schedule:
+        """The checkpoint schedule of this capture."""
         return self.recorder.schedule
 
     # -- the loss/token hook ------------------------------------------------------------
@@ -117,6 +118,7 @@ class HarnessCallback(TrainerCallback):
 
     # -- Trainer events -----------------------------------------------------------------
     def on_train_begin(self, args, state, control, model=None, processing_class=None, **kw):
+        """Write the run manifest and the validation batch before the first step."""
         tok = processing_class if self.save_tokenizer else None
         self.recorder.start(model, tokenizer=tok, meta={"trainer": "transformers",
                                                         "max_grad_norm": float(args.max_grad_norm or 0)})
@@ -128,6 +130,7 @@ class HarnessCallback(TrainerCallback):
         self._tokens_seen = int(getattr(state, "num_input_tokens_seen", 0) or 0)
 
     def on_pre_optimizer_step(self, args, state, control, model=None, optimizer=None, **kw):
+        """Write a scheduled checkpoint (weights, gradients, optimizer state) before update N -> N+1."""
         step = int(state.global_step)  # updates done so far: the weights are those of step N
         lr = float(optimizer.param_groups[0]["lr"]) if optimizer is not None else None
         tokens_before = self._tokens_seen
@@ -147,6 +150,7 @@ class HarnessCallback(TrainerCallback):
             self.recorder.log_loss(step + 1, loss, lr, self._tokens_seen)
 
     def on_train_end(self, args, state, control, model=None, optimizer=None, **kw):
+        """Write the final step (when the schedule asks for it) and flush the loss log."""
         step = int(state.global_step)
         if self.schedule.final and step not in self.recorder.written:
             self.recorder.write_checkpoint(step, model, train_grads=None, learning_rate=None,

@@ -29,12 +29,12 @@ import json
 import logging
 import os
 import re
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from harness.api import HarnessError
+from harness.atomic import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -57,26 +57,17 @@ class CaptureFormatError(HarnessError):
 
 
 def step_dir(run: str | os.PathLike[str], step: int) -> Path:
+    """The directory of one checkpoint of a captured run."""
     return Path(run) / "checkpoints" / f"step_{int(step)}"
 
 
 def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> None:
     """Write JSON to a temporary file in the same directory, then rename over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(obj, fh, indent=1, sort_keys=True, default=str)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, json.dumps(obj, indent=1, sort_keys=True, default=str))
 
 
 def read_json(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a JSON object, raising `CaptureFormatError` naming the file when it is missing or unreadable."""
     path = Path(path)
     try:
         data = json.loads(path.read_text())
@@ -90,6 +81,7 @@ def read_json(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def is_run(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a captured run (it has a run manifest)."""
     return (Path(path) / RUN_MANIFEST).is_file()
 
 

@@ -31,6 +31,7 @@ logger = logging.getLogger(__name__)
 
 
 def find_hf_model(module: torch.nn.Module, attr: str | None = None) -> torch.nn.Module:
+    """The transformers model inside a LightningModule (``attr`` names it, else the first one found)."""
     if attr:
         return getattr(module, attr)
     if hasattr(module, "save_pretrained"):
@@ -72,22 +73,27 @@ class HarnessLightningCallback(pl.Callback):
 
     @property
     def schedule(self) -> Schedule:
+        """The checkpoint schedule of this capture."""
         return self.recorder.schedule
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Find the model and write the run manifest and the validation batch."""
         self._hf = find_hf_model(pl_module, self.hf_model_attr)
         self.recorder.start(self._hf, tokenizer=self.tokenizer, meta={"trainer": "lightning"})
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        """Remember the batch's token count for ``tokens_seen``."""
         ids = batch.get("input_ids") if isinstance(batch, dict) else (batch[0] if isinstance(batch, list | tuple) else batch)
         if isinstance(ids, torch.Tensor):
             self._tokens_step += int(ids.numel())
 
     def on_before_backward(self, trainer, pl_module, loss: torch.Tensor) -> None:
+        """Keep the step's loss for the loss log."""
         loss = loss.detach().float()
         self._loss = loss if self._loss is None else self._loss + loss
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        """Write a scheduled checkpoint before the update, and log the step's loss."""
         assert self._hf is not None
         step = int(trainer.global_step)
         lr = float(optimizer.param_groups[0]["lr"])
@@ -106,6 +112,7 @@ class HarnessLightningCallback(pl.Callback):
             self.recorder.log_loss(step + 1, loss, lr, self._tokens_seen)
 
     def on_train_end(self, trainer, pl_module) -> None:
+        """Write the final step (when the schedule asks for it) and flush the loss log."""
         step = int(trainer.global_step)
         if self.schedule.final and step not in self.recorder.written and self._hf is not None:
             opt = trainer.optimizers[0] if trainer.optimizers else None

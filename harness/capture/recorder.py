@@ -40,6 +40,7 @@ import torch
 
 from harness import learning_dynamics as ld
 from harness.api import ParameterError
+from harness.atomic import swap_in
 from harness.capture import layout as L
 from harness.capture.schedule import Schedule
 
@@ -69,6 +70,7 @@ def ld_key(module_name: str) -> str | None:
 
 
 def rank_and_world() -> tuple[int, int]:
+    """This process's rank and the world size (0 and 1 outside distributed training)."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
@@ -151,6 +153,7 @@ class Recorder:
 
     @property
     def is_writer(self) -> bool:
+        """Whether this process writes files (rank 0 only)."""
         return self.rank == 0
 
     # -- setup ------------------------------------------------------------------------
@@ -262,14 +265,8 @@ class Recorder:
                 "train_gradients": bool(train_grads), "val_loss": float(val_losses.mean()),
                 "world_size": self.world_size, **dict(meta or {})}
         L.write_json_atomic(tmp / L.STEP_META, info)  # last: marks the directory complete
-        final = L.step_dir(self.root, step)
-        if final.exists():  # a re-save of the same step (resumed training): swap, then drop the old one
-            old = ckpts / f".old-step_{int(step)}-{os.getpid()}"
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
+        # a re-save of the same step (resumed training) swaps the directory as a whole
+        final = swap_in(tmp, L.step_dir(self.root, step))
         self.written.append(int(step))
         self.flush()
         t2 = time.perf_counter()
@@ -288,6 +285,7 @@ class Recorder:
             self.flush()
 
     def flush(self) -> None:
+        """Append the buffered per-step losses to the loss log (one device sync per flush)."""
         if not self.is_writer or not self._log_buffer:
             return
         losses = [float(x) for x in torch.stack([torch.as_tensor(r[1], dtype=torch.float32).detach().cpu()
@@ -299,6 +297,7 @@ class Recorder:
         self._log_buffer.clear()
 
     def finish(self) -> None:
+        """Flush what is buffered at the end of training."""
         self.flush()
 
 

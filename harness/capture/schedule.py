@@ -1,8 +1,10 @@
 """Checkpoint schedules: at which optimizer steps a capture writes a checkpoint.
 
 A schedule answers ``step in schedule`` for any step (no training length needed) and lists
-its steps up to a bound. Presets reproduce the public suites (numbers from
-/work/shared/research/pico_pythia.md sections 1.4 and 4.2)::
+its steps up to a bound. Presets are config files, not code: ``capture_schedule/<name>.yaml``
+in ``harness.conf`` or in any package of the ``harness.conf`` entry-point group (how plugins
+ship configs). The shipped ones reproduce the public suites' grids, each file citing its
+source (``pythia``: Biderman et al. 2023; ``pico``: pico-train's ``save_every_n_steps``)::
 
     >>> s = Schedule.preset("pythia")
     >>> s.steps(3000)
@@ -21,15 +23,36 @@ from dataclasses import dataclass, field
 
 from harness.api import ParameterError, check_range
 
-__all__ = ["PRESETS", "Schedule"]
+__all__ = ["Schedule", "presets"]
 
-#: name -> keyword arguments of `Schedule`
-PRESETS: dict[str, dict] = {
-    # Pythia: extra-save-iters 0, 1, 2, 4, ... 512, then checkpoint-factor 1000
-    "pythia": {"every": 1000, "log_until": 512},
-    # pico-train: step 0 and every save_every_n_steps = 1000 (+ the final step)
-    "pico": {"every": 1000, "log_until": 0},
-}
+PRESET_GROUP = "capture_schedule"
+
+
+def _preset_files() -> dict[str, str]:
+    """name -> YAML text of every shipped schedule preset (first package wins)."""
+    from importlib import resources
+    from importlib.metadata import entry_points
+
+    found: dict[str, str] = {}
+    for package in ["harness.conf", *(ep.value for ep in entry_points(group="harness.conf"))]:
+        try:
+            folder = resources.files(package) / PRESET_GROUP
+            if not folder.is_dir():
+                continue
+            for item in folder.iterdir():
+                if item.name.endswith(".yaml"):
+                    found.setdefault(item.name[:-5], item.read_text())
+        except (ModuleNotFoundError, FileNotFoundError, NotADirectoryError):
+            continue
+    return found
+
+
+def presets() -> dict[str, dict]:
+    """name -> keyword arguments of `Schedule`, read from the shipped preset files."""
+    from omegaconf import OmegaConf
+
+    return {name: dict(OmegaConf.to_container(OmegaConf.create(text)) or {})
+            for name, text in sorted(_preset_files().items())}
 
 
 @dataclass(frozen=True)
@@ -56,9 +79,11 @@ class Schedule:
 
     @classmethod
     def preset(cls, name: str, **overrides) -> Schedule:
-        if name not in PRESETS:
-            raise ParameterError("schedule", name, "one of " + ", ".join(PRESETS))
-        return cls(**{**PRESETS[name], **overrides})
+        """The shipped preset ``name`` (a ``capture_schedule/<name>.yaml``), with overrides."""
+        known = presets()
+        if name not in known:
+            raise ParameterError("schedule", name, "one of " + ", ".join(known))
+        return cls(**{**known[name], **overrides})
 
     @classmethod
     def from_spec(cls, spec: Schedule | str | int | Iterable[int] | dict | None) -> Schedule:

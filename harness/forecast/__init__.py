@@ -23,24 +23,28 @@ __all__ = ["backtest", "forecast", "observable_series", "performance_series"]
 
 
 def performance_series(frame, selectors=None):
+    """Performance series (one per run and measure) from records (see `harness.forecast.series`)."""
     from harness.forecast.series import performance_series as _ps
 
     return _ps(frame, selectors)
 
 
 def observable_series(frame, selectors=None, *, targets=()):
+    """Early-observable features per run from records (see `harness.forecast.series`)."""
     from harness.forecast.series import observable_series as _os
 
     return _os(frame, selectors, targets=targets)
 
 
 def forecast(perf, **kw: Any):
+    """Forecast each series at its target step (see `harness.forecast.engine.forecast`)."""
     from harness.forecast.engine import forecast as _f
 
     return _f(perf, **kw)
 
 
 def backtest(perf, **kw: Any):
+    """Backtest the forecast methods on completed runs (see `harness.forecast.backtest.backtest`)."""
     from harness.forecast.backtest import backtest as _b
 
     return _b(perf, **kw)

@@ -13,7 +13,8 @@ Scores per (method, cutoff), per series and overall ("all"):
   against a binomially noisy realisation;
 - ``coverage``: share of realised values inside the interval; ``width``: mean interval width
   (both over bounded intervals only; ``n_unbounded`` counts the rest, which too few
-  calibration runs for the level leave unbounded);
+  calibration runs for the level leave unbounded); ``width_se``: mean width in units of the
+  realised value's stderr;
 - ``spearman``: rank agreement of predicted vs realised across runs (per series; "all" is the
   mean over series), `scipy.stats.spearmanr`;
 - ``n``, ``n_skipped``: forecasts scored and methods' skips (with their reasons in ``forecasts``).
@@ -29,15 +30,16 @@ import numpy as np
 import pandas as pd
 
 from harness.forecast.engine import forecast
-from harness.forecast.series import ForecastError
+from harness.forecast.series import ForecastError, mixed_units
 
 DEFAULT_CUTOFFS = (0.05, 0.1, 0.25, 0.5)
 SUMMARY_COLUMNS = ["method", "cutoff", "series", "n", "n_skipped", "mae", "rmse", "mae_se", "coverage", "width",
-                   "n_unbounded", "spearman"]
+                   "width_se", "n_unbounded", "spearman"]
 
 
 @dataclass
 class Backtest:
+    """A backtest's held-out forecasts, their summary per method/cutoff/series, and the verdict."""
     forecasts: pd.DataFrame  # every held-out forecast (engine.FORECAST_COLUMNS)
     summary: pd.DataFrame  # SUMMARY_COLUMNS
     verdict: str
@@ -70,11 +72,15 @@ def score(f: pd.DataFrame) -> dict:
         # counted in n_unbounded, never as coverage
         "coverage": float(np.mean(((real >= lo) & (real <= hi))[bounded])) if bounded.any() else math.nan,
         "width": float(np.mean((hi - lo)[bounded])) if bounded.any() else math.nan,
+        "width_se": float(np.mean(((hi - lo) / se)[bounded & good_se])) if (bounded & good_se).any() else math.nan,
         "n_unbounded": int((~bounded).sum()),
     }
 
 
-def summarise(forecasts: pd.DataFrame) -> pd.DataFrame:
+def summarise(forecasts: pd.DataFrame, mixed: str | None = None) -> pd.DataFrame:
+    """Scores per (method, cutoff, series) and over all series ("all"). ``mixed`` (the reason
+    the series do not share a unit) blanks the overall MAE, RMSE and width: only the scale-free
+    scores (in stderr units, coverage, Spearman) are averaged then."""
     rows = []
     for (method, cutoff), g in forecasts.groupby(["method", "cutoff"], sort=False):
         rhos = []
@@ -84,39 +90,51 @@ def summarise(forecasts: pd.DataFrame) -> pd.DataFrame:
             rhos.append(rho)
             rows.append({"method": method, "cutoff": cutoff, "series": series, **score(gs), "spearman": rho})
         finite = [r for r in rhos if math.isfinite(r)]
-        rows.append({"method": method, "cutoff": cutoff, "series": "all", **score(g),
+        overall = score(g)
+        if mixed:
+            overall.update(mae=math.nan, rmse=math.nan, width=math.nan)
+        rows.append({"method": method, "cutoff": cutoff, "series": "all", **overall,
                      "spearman": float(np.mean(finite)) if finite else math.nan})
     return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
 
 
-def verdict(summary: pd.DataFrame, level: float, at: float = 0.1) -> str:
+def verdict(summary: pd.DataFrame, level: float, at: float = 0.1, mixed: str | None = None) -> str:
     """One line: which method wins at cutoff ``at`` (else the nearest), whether it beats
-    ``last``, whether ``observables`` adds over ``suite``, and the coverage of the winner."""
+    ``last``, whether ``observables`` adds over ``suite``, and the coverage of the winner.
+    With ``mixed`` units the ranking is by MAE in stderr units, and the line says so."""
     overall = summary[(summary["series"] == "all") & (summary["n"] > 0)]
+    key, unit = ("mae_se", " stderr") if mixed else ("mae", "")
+    if mixed:
+        overall = overall[overall["mae_se"].notna()]
+        if overall.empty:
+            return f"no overall ranking: {mixed} and no stderr puts them on one scale; read the per-series rows"
     if overall.empty:
         return "no forecast could be scored: no method produced a forecast for a completed run"
     cutoffs = sorted(overall["cutoff"].unique(), key=lambda c: abs(c - at))
     c = cutoffs[0]
-    at_c = overall[overall["cutoff"] == c].sort_values("mae")
+    at_c = overall[overall["cutoff"] == c].sort_values(key)
     best = at_c.iloc[0]
     if math.isfinite(best["coverage"]):
-        cov = (f"coverage {best['coverage']:.2f} of {level:.0%} intervals, mean width {best['width']:.3g}"
+        width = f"{best['width_se']:.3g} stderr" if mixed else f"{best['width']:.3g}"
+        cov = (f"coverage {best['coverage']:.2f} of {level:.0%} intervals, mean width {width}"
                + (f", {int(best['n_unbounded'])} unbounded" if best["n_unbounded"] else ""))
     else:
         cov = f"{level:.0%} intervals unbounded: too few completed runs to calibrate"
-    parts = [f"at cutoff {c:g}: {best['method']} wins (MAE {best['mae']:.3g}, {cov})"]
+    parts = [f"at cutoff {c:g}: {best['method']} wins (MAE {best[key]:.3g}{unit}, {cov})"]
     last = at_c[at_c["method"] == "last"]
     if not last.empty and best["method"] != "last":
-        parts.append(f"last has MAE {last.iloc[0]['mae']:.3g}")
+        parts.append(f"last has MAE {last.iloc[0][key]:.3g}{unit}")
     elif best["method"] == "last":
         parts.append("no method beats the value at the cutoff")
     obs, suite = at_c[at_c["method"] == "observables"], at_c[at_c["method"] == "suite"]
     if not obs.empty and not suite.empty:
-        o, s = obs.iloc[0]["mae"], suite.iloc[0]["mae"]
+        o, s = obs.iloc[0][key], suite.iloc[0][key]
         parts.append(("observables add over suite" if o < s else "observables do not add over suite")
-                     + f" (MAE {o:.3g} vs {s:.3g})")
+                     + f" (MAE {o:.3g} vs {s:.3g}{unit})")
     elif not suite.empty:
         parts.append("observables were not scored (skipped: see the forecasts)")
+    if mixed:
+        parts.append(f"overall MAE in stderr units because {mixed}")
     return "; ".join(parts)
 
 
@@ -130,5 +148,6 @@ def backtest(perf: pd.DataFrame, *, cutoffs: Sequence[float] = DEFAULT_CUTOFFS, 
     forecasts = pd.concat(frames, ignore_index=True)
     if forecasts.empty:
         raise ForecastError("no run reached the target step: nothing to backtest (set --target-step)")
-    summary = summarise(forecasts)
-    return Backtest(forecasts, summary, verdict(summary, level), level)
+    mixed = mixed_units(perf)
+    summary = summarise(forecasts, mixed)
+    return Backtest(forecasts, summary, verdict(summary, level, mixed=mixed), level)

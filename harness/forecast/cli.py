@@ -33,6 +33,7 @@ def _floats(value: str) -> tuple[float, ...]:
 
 
 def add_commands(subparsers) -> None:
+    """Add ``forecast`` (and ``forecast backtest``) to the ``harness`` command."""
     p = subparsers.add_parser(
         "forecast", help="forecast final performance from early checkpoints (or: forecast backtest RUN...)",
         description="Forecast every performance series of every run at a target step from its points up to a "
@@ -87,6 +88,7 @@ def _inputs(args: argparse.Namespace):
 
 
 def run_forecast(args: argparse.Namespace) -> int:
+    """``harness forecast RUN...``: forecast every run's performance at the target step."""
     if args.runs and args.runs[0] == "backtest":
         args.runs = args.runs[1:]
         if not args.runs:
@@ -131,6 +133,7 @@ def run_forecast(args: argparse.Namespace) -> int:
 
 
 def run_backtest(args: argparse.Namespace) -> int:
+    """``harness forecast backtest RUN...``: score the methods on held-out completed runs."""
     from harness.forecast import plots
     from harness.forecast.backtest import DEFAULT_CUTOFFS, backtest
     from harness.forecast.report import summary_tables

@@ -37,6 +37,7 @@ FORECAST_COLUMNS = ["run", "series", "method", "cutoff", "cutoff_step", "target_
 
 
 def cutoff_step(cutoff: float, target: float) -> float:
+    """The cutoff as a step: a fraction (<= 1) of the target step, or a step itself."""
     if not (cutoff > 0):
         raise ForecastError(f"cutoff must be > 0 (a fraction of the target step, or a step), got {cutoff}")
     return float(cutoff * target) if cutoff <= 1 else float(cutoff)

@@ -62,10 +62,12 @@ class Case:
 
     @property
     def last(self) -> float:
+        """The value at the cutoff."""
         return float(self.values[-1])
 
     @property
     def last_stderr(self) -> float:
+        """The standard error of the value at the cutoff (NaN when unknown)."""
         return float(self.stderr[-1]) if len(self.stderr) else math.nan
 
 
@@ -77,6 +79,7 @@ class Method:
     description: str = ""
 
     def predict(self, case: Case, train: Sequence[Case]) -> tuple[float, dict]:
+        """The forecast at the case's target step and what it used, or raise `Skip` with the reason."""
         raise NotImplementedError
 
     def _need_points(self, case: Case, k: int) -> None:
@@ -87,10 +90,12 @@ class Method:
 
 
 class Last(Method):
+    """Forecast = the value at the cutoff (the baseline every method must beat)."""
     name = "last"
     description = "value at the cutoff"
 
     def predict(self, case, train):
+        """The value at the cutoff."""
         self._need_points(case, 1)
         return case.last, {"step": float(case.steps[-1])}
 
@@ -109,6 +114,7 @@ class Last(Method):
 
 @dataclass(frozen=True)
 class Family:
+    """A parametric curve family ``y = c + a * phi(x; theta)`` with its shape-parameter grids."""
     name: str
     phi: Callable[..., np.ndarray]  # phi(x, *theta), broadcasting over theta arrays
     grids: tuple[np.ndarray, ...]  # one grid per shape parameter
@@ -116,9 +122,11 @@ class Family:
 
     @property
     def n_params(self) -> int:
+        """Number of parameters (c, a and the shape parameters)."""
         return 2 + len(self.grids)
 
     def __call__(self, x, c, a, *theta):
+        """The curve ``c + a * phi(x; theta)`` at ``x``."""
         return c + a * self.phi(x, *theta)
 
 
@@ -242,6 +250,7 @@ class _CurveBase(Method):
 
 
 class Curve(_CurveBase):
+    """One saturating curve family fitted to each run's points before the cutoff."""
     name = "curve"
     description = "saturating power law with floor, per run"
 
@@ -250,6 +259,7 @@ class Curve(_CurveBase):
         self.family = FAMILIES[family]
 
     def predict(self, case, train):
+        """The fitted family extrapolated to the target (skipped when it does not saturate)."""
         x, y, sigma = self._points(case, self.family.n_params + 1)
         p = fit_family(self.family, x, y, sigma)
         xt = case.target / case.cutoff
@@ -263,6 +273,7 @@ class Curve(_CurveBase):
 
 
 class Ensemble(_CurveBase):
+    """Curve families weighted by how well each predicts its held-out last points."""
     name = "ensemble"
     description = "parametric curve ensemble weighted by out-of-sample fit (Domhan-style)"
 
@@ -271,6 +282,7 @@ class Ensemble(_CurveBase):
         self.families = [FAMILIES[f] for f in families]
 
     def predict(self, case, train):
+        """The weighted extrapolation of the families that fit."""
         x, y, sigma = self._points(case, 3)
         xt = np.float64(case.target / case.cutoff)
         s_last = float(sigma[-1]) if sigma is not None else 0.0
@@ -345,6 +357,7 @@ def robust_lstsq(A: np.ndarray, y: np.ndarray, f_scale: float, robust: bool = Tr
 
 
 class Suite(Method):
+    """Cross-run regression of the gain to the target on model size and the value at the cutoff."""
     name = "suite"
     cross_run = True
     description = "cross-run: gain to the target regressed on log n_params and the cutoff value"
@@ -367,6 +380,7 @@ class Suite(Method):
         return self.use_size and all(math.isfinite(v) for v in ns) and np.ptp(ns) > 0
 
     def column(self, cases: Sequence[Case], name: str) -> np.ndarray:
+        """One design column over ``cases``."""
         if name == self.SIZE:
             return np.array([c.log_n for c in cases])
         if name == self.VALUE:
@@ -374,6 +388,7 @@ class Suite(Method):
         return np.array([c.features[name] for c in cases])
 
     def design(self, cases: Sequence[Case], cols: Sequence[str]) -> np.ndarray:
+        """The design matrix (intercept and ``cols``) over ``cases``."""
         return np.column_stack([np.ones(len(cases)), *(self.column(cases, n) for n in cols)])
 
     def _scale(self, train: Sequence[Case]) -> float:
@@ -426,6 +441,7 @@ class Suite(Method):
         return cols, mae
 
     def predict(self, case, train):
+        """The regression's prediction for the held-out case from the other runs."""
         train = self._usable(case, train)
         if len(train) < 4:
             raise Skip(f"too few completed runs to learn from ({len(train)} < 4)")
@@ -448,6 +464,7 @@ def _loo_mae(A: np.ndarray, g: np.ndarray) -> float:
 
 
 class Observables(Suite):
+    """`Suite` plus the early observable that best predicts the other runs' gains."""
     name = "observables"
     cross_run = True
     description = "suite + the early observable that best predicts the other runs' gains (inner LOO)"
@@ -466,6 +483,7 @@ class Observables(Suite):
         return out
 
     def predict(self, case, train):
+        """The regression with the chosen observable for the held-out case."""
         train = self._usable(case, train)
         cands = self.candidates(case, train)
         if not cands:

@@ -7,7 +7,7 @@ import math
 import pandas as pd
 
 COLUMNS = [("mae", "MAE"), ("rmse", "RMSE"), ("mae_se", "MAE/se"), ("coverage", "coverage"),
-           ("width", "mean width"), ("spearman", "Spearman"), ("n", "n"), ("n_skipped", "skipped")]
+           ("width", "mean width"), ("width_se", "width/se"), ("spearman", "Spearman"), ("n", "n"), ("n_skipped", "skipped")]
 
 
 def _f(v, digits=3) -> str:
@@ -19,6 +19,7 @@ def _f(v, digits=3) -> str:
 
 
 def overall_frame(bt) -> pd.DataFrame:
+    """The backtest's scores over all series, one row per method and cutoff."""
     s = bt.summary[bt.summary["series"] == "all"].copy()
     rows = []
     for _, r in s.iterrows():
@@ -28,17 +29,20 @@ def overall_frame(bt) -> pd.DataFrame:
 
 
 def per_series_frame(bt, cutoff: float) -> pd.DataFrame:
+    """The backtest's scores at one cutoff, one row per series."""
     s = bt.summary[(bt.summary["cutoff"] == cutoff)]
-    mae = s.pivot_table(index="series", columns="method", values="mae", sort=False)
-    se = s.pivot_table(index="series", columns="method", values="mae_se", sort=False)
     methods = list(dict.fromkeys(s["method"]))
-    order = [x for x in mae.index if x != "all"] + (["all"] if "all" in mae.index else [])
-    rows = []
-    for series in order:
-        rows.append({"series": series, **{m: (f"{mae.loc[series, m]:.3f} ({se.loc[series, m]:.1f})"
-                                              if m in mae.columns and not pd.isna(mae.loc[series, m]) else "skipped")
-                                          for m in methods}})
-    return pd.DataFrame(rows)
+    order = [x for x in dict.fromkeys(s["series"]) if x != "all"] + (["all"] if (s["series"] == "all").any() else [])
+    by = {(r["series"], r["method"]): r for _, r in s.iterrows()}
+
+    def cell(series, m):
+        r = by.get((series, m))
+        if r is None or not r["n"]:
+            return "skipped"
+        mae = "mixed units" if pd.isna(r["mae"]) else f"{r['mae']:.3f}"
+        return mae + ("" if pd.isna(r["mae_se"]) else f" ({r['mae_se']:.1f})")
+
+    return pd.DataFrame([{"series": series, **{m: cell(series, m) for m in methods}} for series in order])
 
 
 def _rich(df: pd.DataFrame, title: str):

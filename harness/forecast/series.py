@@ -30,7 +30,7 @@ import pandas as pd
 from harness.api import HarnessError
 
 SERIES_COLUMNS = ["run", "family", "model_id", "size", "n_params", "series", "step", "tokens", "value", "stderr",
-                  "higher_is_better", "kind"]
+                  "higher_is_better", "unit", "kind"]
 
 
 class ForecastError(HarnessError):
@@ -99,6 +99,7 @@ def tidy(frame: pd.DataFrame, selectors: Sequence[str] | None = None, *, perform
         "value": pd.to_numeric(f["value"], errors="coerce").astype(float),
         "stderr": pd.to_numeric(f.get("stderr", pd.Series(np.nan, index=f.index)), errors="coerce"),
         "higher_is_better": f.get("higher_is_better", pd.Series(None, index=f.index)),
+        "unit": f.get("unit", pd.Series(None, index=f.index)),
         "kind": f.get("performance", pd.Series(None, index=f.index)),
     })
     out.insert(0, "run", [f"{a}/{b}" if a else b for a, b in zip(out["family"], out["model_id"])])
@@ -139,3 +140,22 @@ def observable_series(frame: pd.DataFrame, selectors: Sequence[str] | None = Non
     perf = tidy(frame, None, performance=True, exclude=targets)
     perf = perf[perf["kind"].astype(str) == "loss"]
     return pd.concat([obs, perf], ignore_index=True) if not perf.empty else obs
+
+
+def mixed_units(perf: pd.DataFrame) -> str | None:
+    """Why the series cannot share one MAE (None when they can): an average error over
+    accuracies and perplexities would be a number that misleads."""
+    if perf.empty or perf["series"].nunique() < 2:
+        return None
+    g = perf.groupby("series")
+    hib = g["higher_is_better"].first().dropna() if "higher_is_better" in perf else pd.Series(dtype=object)
+    if hib.astype(bool).nunique() > 1:
+        return "higher- and lower-is-better series are mixed"
+    units = g["unit"].first().dropna() if "unit" in perf else pd.Series(dtype=object)
+    units = units[units.astype(str) != ""]
+    if units.nunique() > 1:
+        return f"series in different units ({', '.join(sorted(map(str, units.unique())))})"
+    mag = g["value"].apply(lambda v: float(np.nanmedian(np.abs(v.to_numpy(float)))))
+    if mag.min() > 0 and mag.max() / mag.min() > 10:
+        return "series on scales more than 10x apart"
+    return None

@@ -43,7 +43,7 @@ def synthetic_series(n_runs: int = 8, n_series: int = 3, sigma: float = 0.01, se
     ri, si, ti = (g.ravel() for g in np.meshgrid(np.arange(R), np.arange(S), np.arange(T), indexing="ij"))
     rows = {"run": runs[ri], "family": "synthetic", "model_id": runs[ri], "size": [f"{n:.3g}" for n in sizes[ri]],
             "n_params": sizes[ri], "series": labels[si], "step": steps[ti], "tokens": steps[ti] * 1e6,
-            "value": noisy.ravel(), "stderr": sigma, "higher_is_better": True, "kind": "score"}
+            "value": noisy.ravel(), "stderr": sigma, "higher_is_better": True, "unit": None, "kind": "score"}
     truth = {(runs[r], labels[s]): float(clean[r, s, -1]) for r in range(R) for s in range(S)}
     perf = pd.DataFrame(rows, columns=SERIES_COLUMNS)
     return perf, pd.Series(truth)

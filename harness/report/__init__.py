@@ -40,30 +40,72 @@ def trajectories(frame: pd.DataFrame, measures=None, **kw: Any):
 
 
 def relation(frame: pd.DataFrame, performance=None, **kw: Any):
+    """The relation table of observables to performance (see `harness.report.tables.relation`)."""
     from harness.report.tables import relation as _rel
 
     return _rel(frame, performance, **kw)
 
 
 def compare(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
+    """Record-by-record differences between two runs (see `harness.report.compare.compare`)."""
     from harness.report.compare import compare as _cmp
 
     return _cmp(a, b)
 
 
-def write_report(frame: pd.DataFrame, out_dir: Path, *, formats: tuple[str, ...] = ("md", "csv", "parquet", "html"),
+#: written into every report directory: marks it as one `write_report` may replace as a whole
+REPORT_MARKER = ".harness-report"
+#: what a report directory written before the marker existed holds (it may be replaced too)
+_REPORT_NAMES = ("leaderboard", "relation", "status", "ranking", "trajector", "claims", "report.html", "figures")
+
+
+def write_report(frame: pd.DataFrame, out_dir: Path, **kw: Any) -> tuple[list[Path], list[Any]]:
+    """Write every table (and the HTML page) as the directory ``out_dir``; returns (files, tables).
+
+    The directory is written as a whole: into a temporary sibling, then swapped in
+    (`harness.atomic.atomic_dir`), so no file of an older report survives beside the new one and
+    a reader never sees half a report. An existing ``out_dir`` that is not a report directory
+    (it holds other files) is refused, never replaced. Keywords: see `_write_files`.
+    """
+    from harness.api import HarnessError
+    from harness.atomic import atomic_dir
+
+    out_dir = Path(out_dir)
+    if not kw.get("formats", True):  # tables only (the terminal): nothing is written, nothing replaced
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="harness-report-") as scratch:
+            return [], _write_files(frame, Path(scratch), **kw)[1]
+    if out_dir.exists() and not _is_report_dir(out_dir):
+        raise HarnessError(f"{out_dir} exists and is not a harness report directory; refusing to replace it "
+                           "(choose a new or empty --out directory)")
+    with atomic_dir(out_dir) as tmp:
+        (tmp / REPORT_MARKER).write_text("written by harness.report.write_report; replaced as a whole\n")
+        files, tables = _write_files(frame, tmp, **kw)
+    return [out_dir / p.relative_to(tmp) for p in files], tables
+
+
+def _is_report_dir(path: Path) -> bool:
+    if not path.is_dir():
+        return False
+    entries = [p.name for p in path.iterdir()]
+    return not entries or REPORT_MARKER in entries or all(n.startswith(_REPORT_NAMES) for n in entries)
+
+
+def _write_files(frame: pd.DataFrame, out_dir: Path, *, formats: tuple[str, ...] = ("md", "csv", "parquet", "html"),
                  title: str = "harness report", measures=None, performance=None,
                  n_boot: int = 1000, n_perm: int = 1000, plots: bool = True, rank_by: str | None = None,
                  at: str = "final", claims=None) -> tuple[list[Path], list[Any]]:
-    """Write every table (and the HTML page) under ``out_dir``; returns (files, tables).
+    """Write every table (and the HTML page) into the fresh directory ``out_dir``; returns (files, tables).
 
-    Order: the ranking leaderboard(s) first, then the relation tables, the per-checkpoint
-    trajectories, the record status.
+    Order: the ranking leaderboard(s) first (then a preset's claims), the verdicts, the relation
+    tables at checkpoint, step and model level, the per-checkpoint trajectories, the record status.
 
     Robust by design: a section that fails is logged and named in the HTML, never raised, so
     a report over partial or odd records still says what it can.
     """
     from harness.report import html as H
+    from harness.report import levels as L
     from harness.report import plots as P
     from harness.report.ranking import rankings
     from harness.report.tables import Table
@@ -92,10 +134,17 @@ def write_report(frame: pd.DataFrame, out_dir: Path, *, formats: tuple[str, ...]
     frame = frame if frame is not None else pd.DataFrame()
     boards = safe("leaderboard", lambda: rankings(frame, rank_by=rank_by, at=at, performance=performance),
                   [failed("leaderboard")])
+    relations = [
+        safe("relation_checkpoint", lambda: _rel(frame, performance, n_boot=n_boot, n_perm=n_perm),
+             failed("relation_checkpoint")),
+        safe("relation_step", lambda: L.step_relation(frame, performance, n_boot=n_boot), failed("relation_step")),
+        safe("relation_model", lambda: L.model_relation(frame, performance, n_boot=n_boot), failed("relation_model")),
+    ]
+    verdicts = safe("verdicts", lambda: L.verdict_table(relations), failed("verdicts"))
     tables = [
         *boards,
-        safe("relation", lambda: _rel(frame, performance, n_boot=n_boot, n_perm=n_perm),
-             failed("relation")),
+        verdicts,
+        *relations,
         safe("trajectories", lambda: _tr(frame, measures), failed("trajectories")),
         safe("status", lambda: H.status_table(frame), failed("status")),
     ]
@@ -103,7 +152,7 @@ def write_report(frame: pd.DataFrame, out_dir: Path, *, formats: tuple[str, ...]
         from harness.report.claims import claims_table
 
         tables.insert(len(boards), safe("claims", lambda: claims_table(frame, claims), failed("claims")))
-    rel_table = next(t for t in tables if t.name == "relation")
+    rel_table = relations[0]
     for t in tables:
         files += safe(f"writing {t.name}", lambda t=t: write_table(t, out_dir, formats), [])
     if "html" in formats:

@@ -64,6 +64,7 @@ EXACT_MAX = 8
 
 @dataclass
 class Verdict:
+    """The decision on one claim: status, the value it rests on with its interval, n and why."""
     status: str
     value: float | None = None
     lo: float | None = None

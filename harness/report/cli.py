@@ -29,6 +29,7 @@ def _formats(value: str) -> tuple[str, ...]:
 
 
 def add_commands(subparsers) -> None:
+    """Add ``report`` and ``compare`` to the ``harness`` command."""
     rep = subparsers.add_parser("report", help="leaderboard, relation table and HTML report from stored records",
                                 description="Tables and figures from one or more runs (pure functions of records).")
     rep.add_argument("runs", nargs="+", type=Path, help="run directories or results roots")
@@ -53,6 +54,9 @@ def add_commands(subparsers) -> None:
                      help="exit 1 when B is worse than A by more than this (relative with %%, else absolute)")
     cmp.add_argument("--show", choices=("all", "changed"), default="changed",
                      help="rows to print (default: all but 'same')")
+    cmp.add_argument("--allow-version-change", action="store_true",
+                     help="with --fail-if: compare the values of records whose only difference is a package "
+                          "or metric version (by default such records fail the check as not comparable)")
     cmp.add_argument("--format", choices=("terminal", "md", "csv"), default="terminal")
     cmp.add_argument("--out", type=Path, default=None, help="write the full comparison (csv/md) to this file")
     cmp.set_defaults(func=run_compare)
@@ -69,6 +73,7 @@ def _console():
 
 
 def run_report(args) -> int:
+    """``harness report RUN...``: tables, plots and claims from stored records."""
     from harness import report
     from harness.api import HarnessError
     from harness.report.claims import claims_of_run
@@ -98,8 +103,9 @@ def run_report(args) -> int:
 
 
 def run_compare(args) -> int:
+    """``harness compare A B``: what changed between two runs (exit 1 on a ``--fail-if`` rule)."""
     from harness.api import HarnessError
-    from harness.report.compare import compare, parse_fail_if, regressions, summary
+    from harness.report.compare import compare, not_compared, parse_fail_if, regressions, summary
     from harness.store import load_results
 
     try:
@@ -113,7 +119,9 @@ def run_compare(args) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     table = compare(a, b)
-    bad = regressions(table, rules)
+    allow = bool(getattr(args, "allow_version_change", False))
+    bad = regressions(table, rules, allow_version_change=allow)
+    skipped = not_compared(table, allow_version_change=allow)
     shown = table if args.show == "all" else table[table["status"] != "same"]
     cols = ["model_id", "step", "metric", "measure", "task", "layer", "value_a", "value_b", "delta", "rel_delta",
             "z", "status", "reason"]
@@ -139,6 +147,16 @@ def run_compare(args) -> int:
             rt.add_row(*(_fmt(v) for v in row))
         _console().print(rt)
     print(summary(table))
+    if len(skipped):
+        reasons = skipped["reason"].value_counts().head(3)
+        print(f"{len(skipped)} record(s) not compared: "
+              + "; ".join(f"{n} x {r}" for r, n in reasons.items()), file=sys.stdout)
+    if rules and len(skipped):
+        versions_only = int(skipped.get("version_change_only", pd_false(skipped)).sum())
+        hint = (f" ({versions_only} differ only in versions: --allow-version-change compares their values)"
+                if versions_only else "")
+        print(f"FAIL: --fail-if cannot pass on {len(skipped)} record(s) that were not compared{hint}",
+              file=sys.stderr)
     if len(bad):
         print(f"REGRESSION: {len(bad)} record(s) worse than {', '.join(map(str, rules))}:", file=sys.stderr)
         for r in bad.head(20).itertuples(index=False):
@@ -146,6 +164,13 @@ def run_compare(args) -> int:
                   f"{_fmt(r.value_a)} -> {_fmt(r.value_b)} ({r.status})", file=sys.stderr)
         return 1
     return 0
+
+
+def pd_false(frame):
+    """An all-False column for ``frame`` (for tables written before a column existed)."""
+    import pandas as pd
+
+    return pd.Series(False, index=frame.index)
 
 
 def _fmt(v) -> str:

@@ -44,6 +44,7 @@ class FailRule:
 
 
 def parse_fail_if(specs: Sequence[str]) -> list[FailRule]:
+    """``value:5%`` / ``value:0.01`` -> the rules ``--fail-if`` checks."""
     rules = []
     for spec in specs:
         m = re.fullmatch(r"\s*(value)\s*:\s*([0-9]*\.?[0-9]+(?:[eE][-+]?\d+)?)\s*(%?)\s*", spec or "")
@@ -126,12 +127,15 @@ def compare(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
     out["status_a"], out["status_b"] = m["status_a"], m["status_b"]
     status = np.where(~in_a, "only_b", np.where(~in_b, "only_a", "")).astype(object)
     reasons = np.full(len(m), None, dtype=object)
+    #: not comparable only because software versions differ (`regressions(allow_version_change=)`)
+    version_only = np.ones(len(m), dtype=bool)
     both = np.flatnonzero(in_a & in_b)
     for c in COMPARABILITY:
         ca, cb = m[c + "_a"].to_numpy(object), m[c + "_b"].to_numpy(object)
         for i in both:
             if not _same(ca[i], cb[i]):
                 reasons[i] = ((reasons[i] + "; ") if reasons[i] else "") + f"{c} {ca[i]} != {cb[i]}"
+                version_only[i] &= c == "metric_version"
     ver_a, ver_b = m["versions_a"].to_numpy(object), m["versions_b"].to_numpy(object)
     for i in both:
         if ver_a[i] == ver_b[i]:
@@ -152,15 +156,25 @@ def compare(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
         else:
             status[i] = "same" if same_val[i] else "changed"
     out["status"], out["reason"] = status, reasons
+    out["version_change_only"] = (status == "not_comparable") & version_only
+    out["same_value"] = same_val
     return out.reset_index(drop=True)
 
 
-def regressions(table: pd.DataFrame, rules: Sequence[FailRule]) -> pd.DataFrame:
+def regressions(table: pd.DataFrame, rules: Sequence[FailRule], *, allow_version_change: bool = False) -> pd.DataFrame:
     """Rows where B is worse than A beyond any rule (direction from higher_is_better; two-sided
-    when unknown), plus rows that were ok in A and are skipped/error in B."""
+    when unknown), plus rows that were ok in A and are skipped/error in B, plus every row that
+    could not be compared (``not_comparable``): a gate never passes on what it did not check.
+
+    ``allow_version_change=True``: rows not comparable *only* because package or metric
+    versions differ are compared on their values like any other row; rows whose configuration
+    or data differ still fail.
+    """
     if table.empty or not rules:
         return table.iloc[0:0]
-    comparable = table["status"].isin(["changed", "same"])
+    allowed = table.get("version_change_only", pd.Series(False, index=table.index)).astype(bool)
+    allowed = allowed & allow_version_change
+    comparable = table["status"].isin(["changed", "same"]) | allowed
     bad = np.zeros(len(table), bool)
     hib = table["higher_is_better"]
     for rule in rules:
@@ -168,10 +182,23 @@ def regressions(table: pd.DataFrame, rules: Sequence[FailRule]) -> pd.DataFrame:
         worse = np.where(hib == True, -change, np.where(hib == False, change, change.abs()))  # noqa: E712
         bad |= comparable.to_numpy() & (np.nan_to_num(worse.astype(float), nan=0.0) > rule.threshold)
     lost = (table["status"] == "status_changed") & (table["status_a"] == "ok")
-    return table[bad | lost.to_numpy()]
+    if allow_version_change:  # a row that also changed status is a lost result, versions or not
+        sa, sb = table["status_a"], table["status_b"]
+        lost |= allowed & (sa == "ok") & (sb != "ok")
+    not_compared = (table["status"] == "not_comparable") & ~allowed
+    return table[bad | lost.to_numpy() | not_compared.to_numpy()]
+
+
+def not_compared(table: pd.DataFrame, *, allow_version_change: bool = False) -> pd.DataFrame:
+    """Rows present in both runs whose values were not compared (see `regressions`)."""
+    nc = table["status"] == "not_comparable"
+    if allow_version_change and "version_change_only" in table:
+        nc &= ~table["version_change_only"].astype(bool)
+    return table[nc]
 
 
 def summary(table: pd.DataFrame) -> str:
+    """One line counting the comparison's rows by status."""
     counts = table["status"].value_counts()
     order = ["same", "changed", "status_changed", "not_comparable", "only_a", "only_b"]
     return ", ".join(f"{k} {int(counts.get(k, 0))}" for k in order)

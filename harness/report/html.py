@@ -24,7 +24,9 @@ table{border-collapse:collapse;font-size:13px;margin:0.5em 0}
 th,td{border:1px solid #ccc;padding:3px 7px;text-align:right}
 th{background:#f3f3f3}td:nth-child(-n+4){text-align:left}
 .note{color:#8a5a00}.footer{color:#666;font-size:12px}
-figure{display:inline-block;margin:6px}img{max-width:560px;border:1px solid #eee}
+figure{display:inline-block;margin:6px;max-width:100%}img{max-width:min(560px,100%);border:1px solid #eee}
+.scroll{overflow-x:auto;max-width:100%}  /* wide tables scroll inside their box, not the page */
+[data-table="claims"] td{text-align:left}
 """
 
 
@@ -43,7 +45,8 @@ def _table(table: Table, title: str) -> str:
     if table.display.empty:
         parts.append(f'<p class="note">empty: {html.escape(table.note or "no rows")}</p>')
     else:
-        parts.append(table.display.to_html(index=False, escape=True, border=0, na_rep=""))
+        parts.append(f'<div class="scroll" data-table="{html.escape(table.name)}">'
+                     + table.display.to_html(index=False, escape=True, border=0, na_rep="") + "</div>")
         if table.note:
             parts.append(f'<p class="note">{html.escape(table.note)}</p>')
     if table.footer:
@@ -53,6 +56,7 @@ def _table(table: Table, title: str) -> str:
 
 def render(title: str, tables: Sequence[tuple[str, Table]], figures: Sequence[tuple[str, Sequence[Path]]],
            notes: Sequence[str] = ()) -> str:
+    """A self-contained HTML report: the tables and the figures (embedded)."""
     body = [f"<h1>{html.escape(title)}</h1>",
             f'<p class="footer">generated {_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}</p>']
     body += [f'<p class="note">{html.escape(n)}</p>' for n in notes]

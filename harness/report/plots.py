@@ -42,6 +42,7 @@ def _positive_log(ax, x, y) -> None:
 
 
 def loss_curves(frame: pd.DataFrame, out_dir: Path) -> list[Path]:
+    """Loss against step, one line per model (log-log axes), when there are loss records."""
     f = model_level(frame)
     f = f[f["measure"] == "loss"]
     if f.empty:

@@ -64,10 +64,12 @@ def kendall_batch(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
 
 
 def spearman(x: Sequence[float], y: Sequence[float]) -> float:
+    """Spearman's rank correlation (scipy), NaN for fewer than three points or constant input."""
     return float(stats.spearmanr(x, y).statistic)
 
 
 def kendall(x: Sequence[float], y: Sequence[float]) -> float:
+    """Kendall's tau-b (scipy), NaN for fewer than three points or constant input."""
     return float(stats.kendalltau(x, y).statistic)  # tau-b, as kendall_batch
 
 
@@ -213,3 +215,129 @@ def bh(pvalues: Sequence[float]) -> np.ndarray:
     if ok.any():
         out[ok] = stats.false_discovery_control(p[ok], method="bh")
     return out
+
+
+# ---- few points: exact permutation tests, leave-one-out gain and sign stability ----------------
+
+#: enumerate every permutation up to this many (9! = 362880); beyond, `n_resamples` random ones
+EXACT_MAX = 362_880
+
+
+def _n_resamples(n: int, n_perm: int) -> float:
+    import math
+
+    return float("inf") if math.factorial(n) <= EXACT_MAX else n_perm
+
+
+def permutation_pvalue(x, y, *, statistic: str = "spearman", n_perm: int = 9999, seed: int = 0) -> float:
+    """Two-sided permutation p-value of Spearman's rho (or Pearson's r) by
+    `scipy.stats.permutation_test` (``pairings``; two-sided = twice the smaller tail): exact
+    enumeration for n! <= 362880 (n <= 9), else ``n_perm`` random pairings. The p-value of few
+    runs must not be an asymptotic one."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return float("nan")
+    if statistic == "spearman":
+        x, y = stats.rankdata(x), stats.rankdata(y)
+
+    def r(a, axis=-1):  # only x is permuted (scipy's idiom for correlation: n! pairings, not n!^2)
+        a = np.moveaxis(np.asarray(a), axis, -1)
+        return _pearson_rows(a, np.broadcast_to(y, a.shape))
+
+    res = stats.permutation_test((x,), r, permutation_type="pairings", vectorized=True,
+                                 n_resamples=_n_resamples(len(x), n_perm), alternative="two-sided",
+                                 rng=np.random.default_rng(seed))
+    return float(res.pvalue)
+
+
+def design(covariates: np.ndarray | None, n: int) -> np.ndarray:
+    """Intercept plus the covariate columns."""
+    return np.ones((n, 1)) if covariates is None or np.size(covariates) == 0 else np.column_stack(
+        [np.ones(n), covariates])
+
+
+def partial_permutation(x, y, covariates, *, n_perm: int = 9999, seed: int = 0) -> tuple[float, float, int]:
+    """Partial correlation of x and y given covariates, with a permutation p-value of the
+    residuals (Pearson on the residuals of both regressions, pairings permuted; exact for small n).
+    Returns (r, p, df) with df = n - 2 - k."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    n = len(x)
+    cov = design(covariates, n)
+    k = np.linalg.matrix_rank(cov) - 1
+    df = n - 2 - k
+    if df < 1:
+        return float("nan"), float("nan"), df
+    rx, ry = residualise(x, cov), residualise(y, cov)
+    if np.allclose(rx, 0, atol=1e-12 * (1 + np.abs(x).max())) or np.allclose(ry, 0, atol=1e-12 * (1 + np.abs(y).max())):
+        return float("nan"), float("nan"), df
+    r = float(np.clip(stats.pearsonr(rx, ry).statistic, -1, 1))
+    return r, permutation_pvalue(rx, ry, statistic="pearson", n_perm=n_perm, seed=seed), df
+
+
+def fisher_ci(r: float, n: int, k: int = 0, confidence: float = 0.95) -> tuple[float, float]:
+    """Fisher-z interval of a (partial) correlation from n points and k covariates."""
+    dof = n - 3 - k
+    if not np.isfinite(r) or dof < 1 or abs(r) >= 1:
+        return float("nan"), float("nan")
+    z = np.arctanh(r)
+    h = stats.norm.ppf(0.5 + confidence / 2) / np.sqrt(dof)
+    return float(np.tanh(z - h)), float(np.tanh(z + h))
+
+
+def loo_gain(x, y, covariates, groups=None, *, n_boot: int = 1000, seed: int = 0,
+             confidence: float = 0.95) -> tuple[float, float, float]:
+    """Out-of-sample gain of adding ``x`` to the baseline: leave-one-group-out R² of
+    ``y ~ baseline + x`` minus that of ``y ~ baseline`` (groups = runs, or points when None).
+
+    Both R² share one denominator (the total sum of squares), so the gain is the sum over held-out
+    groups of (SSE_baseline - SSE_full) / SST; its interval is a percentile bootstrap over the
+    groups (`scipy.stats.bootstrap`). Returns (gain, lo, hi); NaN when fewer than 3 groups.
+    """
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    n = len(y)
+    groups = np.arange(n) if groups is None else np.asarray(groups)
+    uniq = list(dict.fromkeys(groups.tolist()))
+    if len(uniq) < 3:
+        return float("nan"), float("nan"), float("nan")
+    base = design(covariates, n)
+    full = np.column_stack([base, x])
+    sst = float(((y - y.mean()) ** 2).sum())
+    if sst <= 0:
+        return float("nan"), float("nan"), float("nan")
+    contrib = []
+    for g in uniq:
+        test = groups == g
+        train = ~test
+        d = 0.0
+        for X, sign in ((base, 1.0), (full, -1.0)):
+            coef, *_ = np.linalg.lstsq(X[train], y[train], rcond=None)
+            d += sign * float(((y[test] - X[test] @ coef) ** 2).sum())
+        contrib.append(d / sst)
+    contrib = np.asarray(contrib)
+    gain = float(contrib.sum())
+    if n_boot <= 0 or np.ptp(contrib) == 0:
+        return gain, float("nan"), float("nan")
+    res = stats.bootstrap((contrib,), lambda c, axis=-1: c.sum(axis=axis), n_resamples=n_boot,
+                          method="percentile", confidence_level=confidence, rng=np.random.default_rng(seed),
+                          vectorized=True)
+    return gain, float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+
+def loo_sign_stability(x, y, covariates=None) -> tuple[int, int]:
+    """How many leave-one-point-out subsets keep the sign of the full partial correlation
+    (Spearman without covariates): (agreeing, subsets). A sign that flips when one run is left
+    out is not a finding, whatever its p-value."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    n = len(x)
+    cov = None if covariates is None or np.size(covariates) == 0 else np.asarray(covariates, float).reshape(n, -1)
+
+    def stat(idx):
+        if cov is None:
+            return spearman(x[idx], y[idx]) if np.ptp(x[idx]) > 0 and np.ptp(y[idx]) > 0 else float("nan")
+        return partial_corr(x[idx], y[idx], cov[idx])[0]
+
+    full = stat(np.arange(n))
+    if not np.isfinite(full) or full == 0 or n < 3:
+        return 0, 0
+    agree = sum(1 for i in range(n) if np.sign(stat(np.delete(np.arange(n), i))) == np.sign(full))
+    return agree, n

@@ -45,6 +45,7 @@ class Table:
 
     @property
     def empty(self) -> bool:
+        """Whether the table has no rows."""
         return self.data.empty
 
 
@@ -104,6 +105,7 @@ def performance_series(frame: pd.DataFrame, selectors: Sequence[str] | None = No
 
 
 def fmt_value(v: float | None, se: float | None = None) -> str:
+    """A value (and its stderr) in 4 significant digits, blank for None."""
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return ""
     s = f"{v:.4g}"
@@ -282,9 +284,10 @@ def relation(
     footer = provenance_footer(frame)
     pts_all = _points(frame)
     empty_cols = ["family", "observable", "performance", "n", "n_models", "spearman", "spearman_lo",
-                  "spearman_hi", "kendall", "kendall_lo", "kendall_hi", "partial_r", "partial_p", "perm_p", "q_bh"]
+                  "spearman_hi", "kendall", "kendall_lo", "kendall_hi", "partial_r", "partial_lo", "partial_hi",
+                  "partial_p", "perm_p", "q_bh", "gain", "gain_lo", "gain_hi", "q_partial"]
     if pts_all.empty:
-        return Table("relation", pd.DataFrame(columns=empty_cols), pd.DataFrame(), footer,
+        return Table("relation_checkpoint", pd.DataFrame(columns=empty_cols), pd.DataFrame(), footer,
                      note="no ok model-level records at checkpoints")
     rows = []
     all_series = [c for c in pts_all.columns if isinstance(c, tuple)]
@@ -295,7 +298,7 @@ def relation(
         why = (f"selectors: {', '.join(performance)}" if performance else
                "no metric in these records declares a performance measure; run one (e.g. loss or a downstream "
                "score) beside the observables, or choose with performance=[metric:measure[:task]]")
-        return Table("relation", pd.DataFrame(columns=empty_cols), pd.DataFrame(), footer,
+        return Table("relation_checkpoint", pd.DataFrame(columns=empty_cols), pd.DataFrame(), footer,
                      note=f"no performance measure among the records ({why})")
     for family, pts in pts_all.groupby("family", sort=True):
         pts = pts.sort_values(["model_id", "step"], kind="mergesort").reset_index(drop=True)
@@ -331,6 +334,12 @@ def relation(
                     row["partial_r"], row["partial_p"] = float("nan"), float("nan")
                 else:
                     row["partial_r"], row["partial_p"], _ = S.partial_corr(x, y, cov_all[ok])
+                    k = cov_all.shape[1]
+                    row["partial_lo"], row["partial_hi"] = S.fisher_ci(row["partial_r"], n, k)
+                    # out of sample: leave one run out (one checkpoint out when there is a single run)
+                    groups = blocks if len(set(blocks)) >= 3 else None
+                    row["gain"], row["gain_lo"], row["gain_hi"] = S.loo_gain(x, y, cov_all[ok], groups,
+                                                                             n_boot=n_boot, seed=seed)
                 row["perm_p"] = S.block_permutation_pvalue(x, y, blocks, n_perm=n_perm, seed=seed)
                 rows.append(row)
     data = pd.DataFrame(rows)
@@ -338,12 +347,22 @@ def relation(
         if c not in data:
             data[c] = np.nan
     if data.empty:
-        return Table("relation", data[empty_cols], pd.DataFrame(), footer,
+        return Table("relation_checkpoint", data[empty_cols], pd.DataFrame(), footer,
                      note=f"fewer than {min_points} checkpoints with both an observable and a performance measure")
     data["q_bh"] = S.bh(data["perm_p"].to_numpy(float))
     data["is_baseline"] = data["observable"].isin(["log(tokens_seen)", "log(1+step)"])
+    data["q_partial"] = S.bh(data["partial_p"].where(~data["is_baseline"]).to_numpy(float))
     data = data.sort_values(["family", "performance", "is_baseline", "observable"], ascending=[True, True, False, True],
-                            kind="mergesort").drop(columns="is_baseline").reset_index(drop=True)
+                            kind="mergesort").reset_index(drop=True)
+    from harness.report.levels import MIN_POINTS, verdict
+
+    lines = []
+    for fam in sorted(data["family"].unique()):
+        n_pts = int(len(pts_all[pts_all["family"] == fam]))
+        base = data[(data["family"] == fam) & data["is_baseline"]]["observable"]
+        base_name = (base.iloc[0] if len(base) else "log(step)") + " + size"
+        lines.append(verdict(data.assign(partial_p=data["partial_p"]), "checkpoint", fam, n_pts, base_name,
+                             MIN_POINTS["checkpoint"], q_col="q_partial"))
     cols = empty_cols + (["note"] if "note" in data else [])
     data = data[cols]
     disp = pd.DataFrame({
@@ -351,21 +370,26 @@ def relation(
         "n": data["n"].astype(int),
         "spearman [95% CI]": [_ci(r, lo, hi) for r, lo, hi in zip(data.spearman, data.spearman_lo, data.spearman_hi)],
         "kendall [95% CI]": [_ci(r, lo, hi) for r, lo, hi in zip(data.kendall, data.kendall_lo, data.kendall_hi)],
-        "partial r (log step, size)": [fmt_value(v) for v in data["partial_r"]],
+        "partial r | log step, size [95%]": [_ci(v, lo, hi) for v, lo, hi in
+                                             zip(data["partial_r"], data["partial_lo"], data["partial_hi"])],
+        "oos gain [95%]": [_ci(v, lo, hi) for v, lo, hi in zip(data["gain"], data["gain_lo"], data["gain_hi"])],
         "perm p": [_p(v) for v in data["perm_p"]],
         "BH q": [_p(v) for v in data["q_bh"]],
+        "partial q": [_p(v) for v in data["q_partial"]],
     })
     if "note" in data:  # say why a row has no statistics (e.g. a constant score)
         disp["note"] = data["note"].fillna("").to_numpy()
-    footer = footer + [
+    footer = [f"verdict: {v}" for v in lines] + footer + [
         f"bootstrap: {n_boot} paired resamples (percentile); permutation: {n_perm} within-model_id shuffles; "
-        f"BH over {int(data['perm_p'].notna().sum())} tests; partial: cubic in log(1+step) + size",
+        f"BH over {int(data['perm_p'].notna().sum())} tests; partial: cubic in log(1+step) + size (t-test p, "
+        "BH -> partial q); oos gain: leave-one-run-out R² of baseline + observable minus baseline",
+        "a row beats its baseline when partial q <= 0.05 and its out-of-sample gain is positive",
     ]
-    return Table("relation", data, disp, footer)
+    return Table("relation_checkpoint", data, disp, footer)
 
 
 def _ci(r: float, lo: float, hi: float) -> str:
-    if not np.isfinite(r):
+    if not np.isfinite(r):  # noqa: SIM108
         return ""
     return f"{r:+.3f} [{lo:+.2f}, {hi:+.2f}]" if np.isfinite(lo) else f"{r:+.3f}"
 

@@ -22,6 +22,7 @@ FORMATS = ("terminal", "md", "csv", "parquet", "html")
 
 
 def to_markdown(table: Table, title: str | None = None) -> str:
+    """A `Table` as Markdown (with its title and note)."""
     lines = [f"## {title or table.name}", ""]
     if table.display.empty:
         lines.append(f"_empty: {table.note or 'no rows'}_")
@@ -35,6 +36,7 @@ def to_markdown(table: Table, title: str | None = None) -> str:
 
 
 def rich_table(table: Table, title: str | None = None, max_rows: int = 200):
+    """A `Table` as a rich table for the terminal (at most ``max_rows`` rows)."""
     from rich.table import Table as RichTable
 
     rt = RichTable(title=title or table.name, show_lines=False)
@@ -78,4 +80,5 @@ def write_table(table: Table, out_dir: Path, formats: tuple[str, ...] = ("md", "
 
 
 def frame_to_markdown(frame: pd.DataFrame) -> str:
+    """A DataFrame as a Markdown table."""
     return frame.to_markdown(index=False, disable_numparse=True) if not frame.empty else "_empty_"

@@ -27,24 +27,16 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from harness.api import (
-    Measurement,
-    Metric,
-    ParameterError,
-    Scope,
-    TrajectoryContext,
-    check_choice,
-    check_range,
-)
-
+from harness.api import Measurement, Metric, ParameterError, TrajectoryContext, check_choice
 from harness.curves import CurveSelector, resolve_curve
+from harness.params import Params, param
 
 from . import bnsl
 
@@ -71,74 +63,86 @@ def _auto_bool(key: str, value: Any) -> str | bool:
     return value
 
 
+def _guesses(value: Any) -> list[float] | None:
+    if value is None:
+        return None
+    guesses = [value] if isinstance(value, (int, float)) else list(value)
+    if any(isinstance(g, bool) or not isinstance(g, (int, float)) for g in guesses):
+        raise TypeError("break_guess")
+    return sorted(float(g) for g in guesses)
+
+
+def _grid(value: Any) -> dict[str, list[float]] | None:
+    if value is None:
+        return None
+    return {str(k): [float(v) for v in r] for k, r in dict(value).items()}
+
+
+def _curve_selector(value: Any) -> str:
+    try:
+        return str(CurveSelector.parse(value, "curve"))
+    except ParameterError as exc:
+        raise ValueError(exc.allowed) from None
+
+
 class DecelerationMetric(Metric):
     """Loss deceleration (t_d, L_d, r_d) from a BNSL fit of a run's loss curve."""
 
     name = "deceleration"
     version = "1"
-    scopes = (Scope.TRAJECTORY,)
     reads = ("loss",)
 
-    def __init__(
-        self,
-        source: str = "auto",
-        x: str = "step",
-        mode: str = "robust",
-        n_breaks: int = 1,
-        break_guess: float | Sequence[float] | None = None,
-        smooth: str | bool = "auto",
-        subsample: str | bool = "auto",
-        min_step: float | None = None,
-        target: float | None = None,
-        bounds: bool = False,
-        n_starts: int | None = None,
-        grid: Mapping[str, Sequence[float]] | None = None,
-        grid_engine: str = "vectorized",
-        maxfev: int | None = None,
-        curve: str = "loss:loss",
-    ):
-        check_choice("source", source, SOURCES)
-        check_choice("x", x, X_KEYS)
-        check_choice("mode", mode, bnsl.MODES)
-        check_range("n_breaks", n_breaks, 1, MAX_BREAKS)
-        if int(n_breaks) != n_breaks:
-            raise ParameterError("n_breaks", n_breaks, f"an integer from 1 to {MAX_BREAKS}")
-        n_breaks = int(n_breaks)
-        if break_guess is not None:
-            guesses = [break_guess] if isinstance(break_guess, (int, float)) else list(break_guess)
-            if len(guesses) != n_breaks:
-                raise ParameterError("break_guess", break_guess, f"null or {n_breaks} positive number(s) (one per break)")
-            for g in guesses:
-                check_range("break_guess", g, 0, low_inclusive=False)
-            break_guess = sorted(float(g) for g in guesses)
-        smooth, subsample = _auto_bool("smooth", smooth), _auto_bool("subsample", subsample)
-        if min_step is not None:
-            check_range("min_step", min_step, 0)
-        if target is not None:
-            check_range("target", target, 0, low_inclusive=False)
-        if n_starts is not None:
-            check_range("n_starts", n_starts, 1, 100)
-            n_starts = int(n_starts)
-        selector = CurveSelector.parse(curve, "curve")
-        check_choice("grid_engine", grid_engine, bnsl.GRID_ENGINES)
-        if maxfev is not None:
-            check_range("maxfev", maxfev, 1)
-            maxfev = int(maxfev)
-        if grid is not None:
-            grid = {str(k): [float(v) for v in r] for k, r in dict(grid).items()}
-            try:
-                bnsl._caballero_ranges(grid, n_breaks)
-            except ValueError as exc:
-                raise ParameterError("grid", grid, str(exc)) from None
-            for k, r in grid.items():
-                if len(r) != 3 or not r[2] > 0 or not r[1] > r[0]:
-                    raise ParameterError(f"grid.{k}", r, "[start, stop, step] with stop > start and step > 0")
-        super().__init__(
-            source=source, x=x, mode=mode, n_breaks=n_breaks, break_guess=break_guess, smooth=smooth,
-            subsample=subsample, min_step=min_step, target=target, bounds=bool(bounds), n_starts=n_starts,
-            grid=grid, grid_engine=grid_engine, maxfev=maxfev, curve=str(selector),
-        )
-        self.selector = selector
+    class Params(Params):
+        source: str = param("auto", "auto | records | history: the `curve` records when they have enough points, "
+                            "else the training log (harness/curves.py)", choices=SOURCES)
+        x: str = param("step", "step | tokens_seen: the fit's x axis (t_d and target are in its units)",
+                       choices=X_KEYS)
+        mode: str = param("robust", "robust (any curve: floor, breaks from the data, multi-start, bounds) | zsl "
+                          "(Mircea et al.'s exact fit) | caballero (BNSL repo)", choices=bnsl.MODES)
+        n_breaks: int = param(1, "breaks in the law; t_d, L_d, r_d are about the first", ge=1, le=MAX_BREAKS)
+        break_guess: list[float] | None = param(
+            None, "initial break(s); null = robust: from the data (hinge fit); zsl: the authors' 6000 steps "
+            "when inside the data, else spread",
+            gt=0, convert=_guesses, allowed="null or n_breaks positive number(s) (one per break)")
+        smooth: Any = param("auto", "authors' log moving average; auto = on for a uniformly logged history in "
+                            "zsl mode", convert=lambda v: _auto_bool("smooth", v), allowed="auto, true or false")
+        subsample: Any = param("auto", "authors' log-spaced subsampling; auto = on for a history in zsl mode",
+                               convert=lambda v: _auto_bool("subsample", v), allowed="auto, true or false")
+        min_step: float | None = param(None, "drop transient steps <= this; null = 100 in zsl (as the authors), "
+                                       "100/262144 of the last step in robust, 0 in caballero", ge=0)
+        target: float | None = param(None, "x at which to extrapolate the loss; null = the curve's last x", gt=0)
+        bounds: bool = param(False, "zsl/caballero: f in [1e-3, 10], breaks inside the data range, b > 0, "
+                             "a >= 0 (robust: always)")
+        n_starts: int | None = param(None, "starts (breaks spread over the data; the best fit wins); null = 1 in "
+                                     "zsl/caballero, 6 in robust", ge=1, le=100)
+        grid: dict[str, Any] | None = param(None, "caballero grid, {a|p_b|c0|c|p_d|f: [start, stop, step]}; "
+                                            "null = the BNSL repo's", convert=_grid,
+                                            allowed="null or {name: [start, stop, step]}")
+        grid_engine: str = param("vectorized", "vectorized (tabulated, ~12x faster) | brute "
+                                 "(scipy.optimize.brute): same grid, same argmin", choices=bnsl.GRID_ENGINES)
+        maxfev: int | None = param(None, "optimiser budget per start (function evaluations); null = scipy "
+                                   "default in zsl (as the authors), 100000 in caballero", ge=1)
+        curve: str = param("loss:loss", "the recorded series to fit, metric:measure[:task] (see "
+                           "harness/curves.py for source=auto)", convert=_curve_selector,
+                           allowed="metric:measure or metric:measure:task")
+
+        def check(self) -> None:
+            """break_guess has one value per break; the caballero grid names known parameters."""
+            if self.break_guess is not None and len(self.break_guess) != self.n_breaks:
+                raise ParameterError("break_guess", self.break_guess,
+                                     f"null or {self.n_breaks} positive number(s) (one per break)")
+            if self.grid is not None:
+                try:
+                    bnsl._caballero_ranges(self.grid, self.n_breaks)
+                except ValueError as exc:
+                    raise ParameterError("grid", self.grid, str(exc)) from None
+                for k, r in self.grid.items():
+                    if len(r) != 3 or not r[2] > 0 or not r[1] > r[0]:
+                        raise ParameterError(f"grid.{k}", r, "[start, stop, step] with stop > start and step > 0")
+
+    def __init__(self, **params: Any):
+        super().__init__(**params)
+        self.selector = CurveSelector.parse(self.params["curve"], "curve")
         self.cfg = self.params
 
     # ---- the input curve ------------------------------------------------------------------
@@ -192,9 +196,7 @@ class DecelerationMetric(Metric):
             grid=self.cfg["grid"], grid_engine=self.cfg["grid_engine"], maxfev=self.cfg["maxfev"],
         )
 
-    def measure(self, ctx: TrajectoryContext) -> Iterator[Measurement]:
-        if not isinstance(ctx, TrajectoryContext):
-            raise TypeError(f"deceleration is a trajectory-scope metric, got {type(ctx).__name__}")
+    def measure_trajectory(self, ctx: TrajectoryContext) -> Iterator[Measurement]:
         curve, source, cur = self.curve(ctx)
         unit = "tokens" if self.cfg["x"] == "tokens_seen" else "steps"
         if len(curve) == 0:

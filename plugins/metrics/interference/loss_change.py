@@ -30,7 +30,8 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
-from torch.func import functional_call
+
+from harness.per_example import FunctionalModel  # re-exported: the one functional wrapper
 
 logger = logging.getLogger(__name__)
 
@@ -45,28 +46,6 @@ __all__ = [
 ]
 
 LossFn = Callable[[Any, torch.nn.Module], torch.Tensor]
-
-
-class FunctionalModel(torch.nn.Module):
-    """Calls ``base`` with ``params`` substituted for its parameters (``functional_call``).
-
-    ``base`` is not registered as a submodule: this wrapper owns no parameters, and the base
-    module is never written to. Attribute reads fall through to ``base`` (``config`` etc.).
-    """
-
-    def __init__(self, base: torch.nn.Module, params: Mapping[str, torch.Tensor]):
-        super().__init__()
-        object.__setattr__(self, "_base", base)
-        object.__setattr__(self, "_params", dict(params))
-
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
-        return functional_call(self._base, self._params, args, kwargs, strict=False)
-
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            return getattr(self.__dict__["_base"], name)
 
 
 def example_losses(loss_fn: LossFn, batches: Sequence[Any], model: torch.nn.Module | None = None) -> torch.Tensor:

@@ -32,16 +32,8 @@ from typing import Any, ClassVar
 
 import torch
 
-from harness.api import (
-    CheckpointContext,
-    Measurement,
-    Metric,
-    PairContext,
-    ParameterError,
-    Scope,
-    check_choice,
-    check_range,
-)
+from harness.api import CheckpointContext, Measurement, Metric, PairContext
+from harness.params import Params, param
 
 from .loss_change import FunctionalModel, example_losses, load_losses, one_step_parameters, save_losses
 from .opposition import DEFAULT_EXCLUDE, EXAMPLES, find_targets, opposition
@@ -53,85 +45,46 @@ OPTIMIZERS = ("auto", "checkpoint", "sgd", "adamw")
 LOSS_MEASURES = ("D_dl", "M_dl", "dL", "D_null")
 
 
-def _str_list(key: str, value: Any) -> list[str]:
-    if isinstance(value, str):
-        value = [value]
-    try:
-        out = [str(v) for v in value]
-    except TypeError:
-        raise ParameterError(key, value, "a list of strings") from None
-    return out
-
-
 class InterferenceMetric(Metric):
     """Loss-change interference (dt = 1 and dt = t) and per-example gradient opposition."""
 
     name: ClassVar[str] = "interference"
     version: ClassVar[str] = "1"
-    scopes = (Scope.CHECKPOINT, Scope.PAIR)
 
-    def __init__(
-        self,
-        splits: Sequence[str] = ("val",),
-        max_batches: int | None = None,
-        loss_step: bool = True,
-        loss_pair: bool = True,
-        update_split: str = "train",
-        update_batches: int = 1,
-        optimizer: str = "auto",
-        lr: float | None = None,
-        weight_decay: float = 0.0,
-        grad: bool = True,
-        example: str = "sequence",
-        grad_split: str = "val",
-        grad_batches: int = 1,
-        include: Sequence[str] = ("*",),
-        exclude: Sequence[str] = DEFAULT_EXCLUDE,
-        per_layer: bool = True,
-        chunk_mb: float = 256.0,
-        bins: int = 100,
-    ):
-        splits = _str_list("splits", splits)
-        if not splits:
-            raise ParameterError("splits", splits, "a non-empty list of split names")
-        if max_batches is not None:
-            check_range("max_batches", max_batches, 1)
-        check_range("update_batches", update_batches, 1)
-        check_choice("optimizer", optimizer, OPTIMIZERS)
-        if lr is not None:
-            check_range("lr", lr, 0, low_inclusive=False)
-        check_range("weight_decay", weight_decay, 0)
-        check_choice("example", example, EXAMPLES)
-        check_range("grad_batches", grad_batches, 1)
-        check_range("chunk_mb", chunk_mb, 1)
-        check_range("bins", bins, 1, 10000)
-        for key, flag in (("loss_step", loss_step), ("loss_pair", loss_pair), ("grad", grad), ("per_layer", per_layer)):
-            check_choice(key, flag, (True, False))
-        super().__init__()
-        self.splits = splits
-        self.max_batches = None if max_batches is None else int(max_batches)
-        self.loss_step, self.loss_pair, self.grad, self.per_layer = loss_step, loss_pair, grad, per_layer
-        self.update_split, self.update_batches = str(update_split), int(update_batches)
-        self.optimizer, self.lr, self.weight_decay = optimizer, None if lr is None else float(lr), float(weight_decay)
-        self.example, self.grad_split, self.grad_batches = example, str(grad_split), int(grad_batches)
-        self.include, self.exclude = _str_list("include", include), _str_list("exclude", exclude)
-        self.chunk_mb, self.bins = float(chunk_mb), int(bins)
-        self.params = dict(
-            splits=self.splits, max_batches=self.max_batches, loss_step=loss_step, loss_pair=loss_pair,
-            update_split=self.update_split, update_batches=self.update_batches, optimizer=optimizer, lr=self.lr,
-            weight_decay=self.weight_decay, grad=grad, example=example, grad_split=self.grad_split,
-            grad_batches=self.grad_batches, include=self.include, exclude=self.exclude, per_layer=per_layer,
-            chunk_mb=self.chunk_mb, bins=self.bins,
-        )
+    class Params(Params):
+        splits: list[str] = param(["val"], "evaluation splits whose per-example loss changes are measured",
+                                  min_len=1)
+        max_batches: int | None = param(None, "cap on batches per split (null = all the family offers)", ge=1)
+        loss_step: bool = param(True, "dt = 1: one optimiser step from each checkpoint (checkpoint scope)")
+        loss_pair: bool = param(True, "dt = t: consecutive checkpoints (pair scope; losses cached as artifacts)")
+        update_split: str = param("train", "split whose first batches make the update batch (falls back to "
+                                  "splits[0], with a warning)")
+        update_batches: int = param(1, "how many batches of update_split the one step averages over", ge=1)
+        optimizer: str = param("auto", "auto = the checkpoint's stored state if any, else sgd | checkpoint | sgd "
+                               "| adamw (fresh state)", choices=OPTIMIZERS)
+        lr: float | None = param(None, "step size; null = the checkpoint ref's learning_rate (or the stored "
+                                 "state's lr)", gt=0)
+        weight_decay: float = param(0.0, "for the fresh sgd/adamw optimisers", ge=0)
+        grad: bool = param(True, "per-coordinate gradient opposition D(grad l)")
+        example: str = param("sequence", "sequence (one backward) | token (the paper's definition; ~seq_len "
+                             "backwards) | position (rank-1 terms, cheap, not the paper's)", choices=EXAMPLES)
+        grad_split: str = param("val", "split whose first grad_batches batches give the per-example gradients")
+        grad_batches: int = param(1, "batches of grad_split for the per-example gradients", ge=1)
+        include: list[str] = param(["*"], "glob patterns on parameter names of Linear/Conv1D weights")
+        exclude: list[str] = param(list(DEFAULT_EXCLUDE), "patterns left out: embeddings and unembeddings, as in "
+                                   "the paper")
+        per_layer: bool = param(True, "also one record per weight matrix (layer = parameter name)")
+        chunk_mb: float = param(256.0, "memory budget for per-example gradient chunks (MiB)", ge=1)
+        bins: int = param(100, "histogram bins of D_j on [0, 1] (in extra)", ge=1, le=10000)
 
-    # ---- dispatch -------------------------------------------------------------------------
-    def measure(self, ctx: Any) -> Iterator[Measurement]:
-        if isinstance(ctx, PairContext):
-            yield from self._pair(ctx)
-        elif isinstance(ctx, CheckpointContext):
-            yield from self._checkpoint(ctx)
-        else:
-            raise TypeError(f"interference has no {type(ctx).__name__} scope")
+    # ---- dispatch by scope -------------------------------------------------------------------
+    def measure_checkpoint(self, ctx: CheckpointContext) -> Iterator[Measurement]:
+        """dt = 1 loss-change interference and gradient opposition; caches the per-split losses."""
+        return self._checkpoint(ctx)
+
+    def measure_pair(self, ctx: PairContext) -> Iterator[Measurement]:
+        """dt = t loss-change interference from the cached losses of the previous checkpoint."""
+        return self._pair(ctx)
 
     # ---- helpers ----------------------------------------------------------------------------
     def _batches(self, ckpt: Any, split: str, limit: int | None) -> list[Any]:

@@ -28,11 +28,11 @@ import logging
 import os
 import random
 import re
-import shutil
-import tempfile
 from importlib import resources
 from pathlib import Path
 from typing import Any
+
+from harness.atomic import atomic_dir
 
 logger = logging.getLogger(__name__)
 
@@ -177,9 +177,7 @@ def ensure_task_dir(cache_root: Path | None = None) -> Path:
     target = cache_root / task_dir_name()
     if (target / "COMPLETE").exists():
         return target
-    cache_root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=cache_root))
-    try:
+    with atomic_dir(target, replace=False) as tmp:  # another process finished first: theirs is identical
         docs = corpus()
         counts = {}
         for task, builder in BUILDERS.items():
@@ -191,13 +189,5 @@ def ensure_task_dir(cache_root: Path | None = None) -> Path:
         for name, text in _templates().items():
             (tmp / name).write_text(text.replace(DATA_PLACEHOLDER, str(target)), encoding="utf-8")
         (tmp / "COMPLETE").write_text(json.dumps({"counts": counts, "corpus": corpus_hash()}, sort_keys=True))
-        try:
-            os.replace(tmp, target)
-        except OSError:  # another process finished first: theirs is identical
-            if not (target / "COMPLETE").exists():
-                raise
-        logger.info("built offline lm-eval tasks in %s (%s)", target, counts)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+    logger.info("built offline lm-eval tasks in %s (%s)", target, counts)
     return target

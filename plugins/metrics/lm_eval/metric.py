@@ -30,14 +30,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from harness.api import (
-    CheckpointContext,
-    Measurement,
-    Metric,
-    ParameterError,
-    Scope,
-    check_range,
-)
+from harness.api import CheckpointContext, ConfigError, Measurement, Metric, ParameterError
+from harness.params import Params, param
 
 logger = logging.getLogger(__name__)
 
@@ -172,63 +166,91 @@ def results_to_measurements(results: dict[str, Any], settings: dict[str, Any]) -
             )
 
 
+def _tasks(value: Any) -> list[str]:
+    tasks = [value] if isinstance(value, str) else list(value)
+    if not all(isinstance(t, str) and t for t in tasks):
+        raise ValueError("tasks")
+    return tasks
+
+
+def _limit(value: Any) -> int | float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < float(value) < math.inf:
+        raise ValueError("limit")
+    if float(value) >= 1:
+        if float(value) != int(value):
+            raise ValueError("limit")
+        return int(value)
+    return float(value)
+
+
+def _batch_size(value: Any) -> int | str:
+    if value == "auto":
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 1 or float(value) != int(value):
+        raise ValueError("batch_size")
+    return int(value)
+
+
+def _dirs(value: Any) -> list[str]:
+    paths = [value] if isinstance(value, str) else list(value or [])
+    for p in paths:
+        if not Path(str(p)).expanduser().is_dir():
+            raise ParameterError("include_path", p, "existing directories of lm-eval task YAML files")
+    return [str(p) for p in paths]
+
+
+INSTALL_HINT = "pip install -c constraints.txt -e '.[lm_eval]'  (lm-eval[hf], part of the base install)"
+
+
+def require_lm_eval() -> None:
+    """Fail at config time, before any model is built or trained, when lm-eval is missing (a venv
+    made before it joined the base install): one line naming what to install."""
+    import importlib.util
+
+    from harness.api import ConfigError
+
+    if importlib.util.find_spec("lm_eval") is None:
+        raise ConfigError(f"metric lm_eval needs lm-evaluation-harness, which is not installed: {INSTALL_HINT}")
+
+
 class LmEvalMetric(Metric):
     """Downstream scores with lm-evaluation-harness on the in-memory checkpoint (offline tasks by default)."""
 
     name = "lm_eval"
     version = "1"
-    scopes = (Scope.CHECKPOINT,)
     performance = {"*": "score"}  # every task score is a downstream performance measure
 
-    def __init__(
-        self,
-        tasks: Sequence[str] | str = DEFAULT_TASKS,
-        num_fewshot: int | None = None,
-        limit: int | float | None = None,
-        batch_size: int | str = 8,
-        bootstrap_iters: int = 1000,
-        log_samples: bool = False,
-        include_path: Sequence[str] | str | None = None,
-        cache_dir: str | None = None,
-        max_length: int | None = None,
-        **unknown: Any,
-    ):
-        if unknown:
-            key = sorted(unknown)[0]
-            raise ParameterError(key, unknown[key], "one of tasks, num_fewshot, limit, batch_size, "
-                                 "bootstrap_iters, log_samples, include_path, cache_dir, max_length")
-        tasks = [tasks] if isinstance(tasks, str) else list(tasks)
-        if not tasks or not all(isinstance(t, str) and t for t in tasks):
-            raise ParameterError("tasks", tasks, "a non-empty list of lm-eval task names")
-        if num_fewshot is not None:
-            check_range("num_fewshot", num_fewshot, 0)
-            num_fewshot = int(num_fewshot)
-        if limit is not None:
-            check_range("limit", limit, 0, low_inclusive=False)
-            if float(limit) >= 1 and float(limit) != int(limit):
-                raise ParameterError("limit", limit, "an integer >= 1 (documents) or a fraction in (0, 1)")
-            limit = int(limit) if float(limit) >= 1 else float(limit)
-        if batch_size != "auto":
-            check_range("batch_size", batch_size, 1)
-            batch_size = int(batch_size)
-        check_range("bootstrap_iters", bootstrap_iters, 0)
-        if max_length is not None:
-            check_range("max_length", max_length, 1)
-            max_length = int(max_length)
-        if not isinstance(log_samples, bool):
-            raise ParameterError("log_samples", log_samples, "true or false")
-        paths = [include_path] if isinstance(include_path, str) else list(include_path or [])
-        for p in paths:
-            if not Path(p).expanduser().is_dir():
-                raise ParameterError("include_path", p, "existing directories of lm-eval task YAML files")
-        super().__init__(tasks=tasks, num_fewshot=num_fewshot, limit=limit, batch_size=batch_size,
-                         bootstrap_iters=int(bootstrap_iters), log_samples=log_samples,
-                         include_path=paths, cache_dir=cache_dir, max_length=max_length)
-        self.tasks = tasks
-        self.num_fewshot, self.limit, self.batch_size = num_fewshot, limit, batch_size
-        self.bootstrap_iters, self.log_samples, self.max_length = int(bootstrap_iters), log_samples, max_length
-        self.include_paths = [str(Path(p).expanduser().resolve()) for p in paths]
-        self.cache_dir = cache_dir
+    class Params(Params):
+        tasks: list[str] = param(list(DEFAULT_TASKS), "lm-eval task names (default: the offline tasks built from "
+                                 "Python's documentation)", min_len=1, convert=_tasks,
+                                 allowed="a non-empty list of lm-eval task names")
+        num_fewshot: int | None = param(None, "few-shot examples; null = each task's default", ge=0)
+        limit: Any = param(None, "documents per task: null = all, an int >= 1, or a fraction in (0, 1)",
+                           convert=_limit, allowed="null, an integer >= 1 (documents) or a fraction in (0, 1)")
+        batch_size: Any = param(8, "HFLM batch size, or \"auto\"", convert=_batch_size,
+                                allowed="an integer >= 1 or auto")
+        bootstrap_iters: int = param(1000, "stderr bootstrap for non-mean metrics (perplexity); 0 = none", ge=0)
+        log_samples: bool = param(False, "per-sample outputs inside the raw results artifact (large)")
+        include_path: list[str] = param([], "extra directories of lm-eval task YAMLs (searched before ours)",
+                                        convert=_dirs, allowed="existing directories of lm-eval task YAML files")
+        cache_dir: str | None = param(None, "where offline task data is built; null = $HARNESS_CACHE/lm_eval or "
+                                      "~/.cache/harness/lm_eval")
+        max_length: int | None = param(None, "context length override for HFLM; null = the model's own", ge=1)
+
+    def __init__(self, **params: Any):
+        require_lm_eval()
+        super().__init__(**params)
+        self.include_paths = [str(Path(p).expanduser().resolve()) for p in self.include_path]
+
+    def prepare(self) -> None:
+        """Check the task names once, before any checkpoint is loaded: a typo is a clear
+        error with close matches, not an error record per checkpoint after a model load."""
+        try:
+            manager_for(self.tasks, self.include_paths_for_run())
+        except ValueError as exc:
+            raise ConfigError(f"metric.lm_eval.tasks: {exc}") from None
 
     # ---- helpers ------------------------------------------------------------------------
     def include_paths_for_run(self) -> list[str]:
@@ -276,7 +298,7 @@ class LmEvalMetric(Metric):
         return out
 
     # ---- the metric ---------------------------------------------------------------------
-    def measure(self, ctx: CheckpointContext) -> Iterator[Measurement]:
+    def measure_checkpoint(self, ctx: CheckpointContext) -> Iterator[Measurement]:
         ckpt = ctx.checkpoint
         try:
             tokenizer = ckpt.tokenizer

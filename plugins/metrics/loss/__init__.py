@@ -6,7 +6,8 @@ import math
 from collections.abc import Iterator
 from typing import Any
 
-from harness.api import CheckpointContext, Measurement, Metric, Scope, check_range
+from harness.api import CheckpointContext, Measurement, Metric
+from harness.params import Params, param
 
 
 class LossMetric(Metric):
@@ -14,16 +15,13 @@ class LossMetric(Metric):
 
     name = "loss"
     version = "1"
-    scopes = (Scope.CHECKPOINT,)
     performance = {"loss": "loss", "perplexity": "loss"}
 
-    def __init__(self, split: str = "val", max_batches: int | None = None):
-        super().__init__(split=split, max_batches=max_batches)
-        if max_batches is not None:
-            check_range("max_batches", max_batches, 1)
-        self.split, self.max_batches = split, max_batches
+    class Params(Params):
+        split: str = param("val", "which evaluation split of the family")
+        max_batches: int | None = param(None, "cap the number of evaluation batches (null = all)", ge=1)
 
-    def measure(self, ctx: CheckpointContext) -> Iterator[Measurement]:
+    def measure_checkpoint(self, ctx: CheckpointContext) -> Iterator[Measurement]:
         import torch
 
         ckpt = ctx.checkpoint
@@ -40,7 +38,7 @@ class LossMetric(Metric):
                 if has_logits:
                     try:
                         logits = ckpt.logits(batch).double()
-                    except NotImplementedError:
+                    except NotImplementedError:  # FieldUnavailable included
                         has_logits = False
                         continue
                     std = logits.std(dim=-1).flatten()

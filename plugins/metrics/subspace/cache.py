@@ -16,12 +16,12 @@ Example::
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from harness.atomic import atomic_path, atomic_write
 
 
 def _stem(step: int) -> str:
@@ -32,14 +32,9 @@ def save(directory: Path, step: int, vectors: np.ndarray, meta: dict[str, Any]) 
     """Write vectors (as float32) and meta atomically (temp file + rename); return the npy path."""
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{_stem(step)}.npy"
-    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".npy.tmp")
-    with os.fdopen(fd, "wb") as fh:
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         np.save(fh, np.ascontiguousarray(vectors, dtype=np.float32))
-    os.replace(tmp, path)
-    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".json.tmp")
-    with os.fdopen(fd, "w") as fh:
-        json.dump({**meta, "step": int(step)}, fh, sort_keys=True)
-    os.replace(tmp, directory / f"{_stem(step)}.json")
+    atomic_write(directory / f"{_stem(step)}.json", json.dumps({**meta, "step": int(step)}, sort_keys=True))
     return path
 
 

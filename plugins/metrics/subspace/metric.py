@@ -30,23 +30,15 @@ import hashlib
 import json
 import logging
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from harness.api import (
-    CheckpointContext,
-    Measurement,
-    Metric,
-    PairContext,
-    ParameterError,
-    Scope,
-    check_choice,
-    check_range,
-)
+from harness.api import CheckpointContext, Measurement, Metric, PairContext, ParameterError
+from harness.params import Params, param
 
 from . import cache
 from .objective import HVP_METHODS, FlatObjective, analysis_mode, batch_len, batches_fingerprint, concat_batches, take
@@ -71,13 +63,23 @@ def _int_list(key: str, value: Any) -> list[int]:
     return sorted(set(out))
 
 
-def _opt_int(key: str, value: Any, low: int) -> int | None:
+def _split(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError("split")
+    return value
+
+
+def _patterns(value: Any) -> list[str] | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not float(value).is_integer():
-        raise ParameterError(key, value, f"null or an integer >= {low}")
-    check_range(key, value, low)
-    return int(value)
+    items = [value] if isinstance(value, str) else list(value)
+    if not items or not all(isinstance(m, str) and m for m in items):
+        raise ValueError("modules")
+    return items
+
+
+def _zero_if_null(value: Any) -> Any:
+    return 0 if value is None else value
 
 
 class SubspaceMetric(Metric):
@@ -85,79 +87,53 @@ class SubspaceMetric(Metric):
 
     name = "subspace"
     version = "1"
-    scopes = (Scope.CHECKPOINT, Scope.PAIR)
 
-    def __init__(
-        self,
-        ks: Sequence[int] = (1, 2, 5, 10, 20),
-        split: str = "val",
-        n_batches: int | None = None,
-        modules: Sequence[str] | None = None,
-        n_coords: int | None = None,
-        coords_seed: int | None = None,
-        hvp: str = "double_backward",
-        eig_tol: float = 1e-3,
-        eig_maxiter: int | None = None,
-        residuals: bool = True,
-        minibatch_size: int = 32,
-        n_minibatches: int = 8,
-        trace_samples: int = 0,
-        reference_step: int | None = None,
-        max_params: int = 5_000_000,
-        **unknown: Any,
-    ):
-        if unknown:
-            key = sorted(unknown)[0]
-            raise ParameterError(key, unknown[key], "no such parameter for metric subspace")
-        self.ks = _int_list("ks", ks)
+    class Params(Params):
+        ks: list[int] = param([1, 2, 5, 10, 20], "subspace sizes k for f_top and overlap; max(ks) eigenpairs are "
+                              "computed", convert=lambda v: _int_list("ks", v))
+        split: str = param("val", "evaluation split whose batches form the fixed analysis batch",
+                           convert=_split, allowed="a non-empty split name (e.g. val, train)")
+        n_batches: int | None = param(None, "use only the first N batches of that split (null: all)", ge=1)
+        modules: list[str] | None = param(None, "glob patterns on parameter names (e.g. [\"gpt_neox.layers.1.*\"]); "
+                                          "null: all", convert=_patterns,
+                                          allowed="null or a non-empty list of glob patterns on parameter names")
+        n_coords: int | None = param(None, "only N random coordinates of the selected tensors (same set at every "
+                                     "checkpoint)", ge=2)
+        coords_seed: int | None = param(None, "seed of that coordinate draw (null: the run seed)", ge=0)
+        hvp: str = param("double_backward", "Hessian-vector product: double_backward | fwd_rev | linearize (see "
+                         "docs/subspace.md)", choices=HVP_METHODS)
+        eig_tol: float = param(1e-3, "Lanczos (scipy eigsh, ARPACK) tolerance: Ritz residual relative to "
+                               "|eigenvalue|", gt=0, lt=1)
+        eig_maxiter: int | None = param(None, "ARPACK restarts limit (null: scipy's default, 10 * P)", ge=1)
+        residuals: bool = param(True, "compute ||Hv - lambda v|| / |lambda| for each pair (k extra products)")
+        minibatch_size: int = param(32, "examples per mini-batch gradient (state the training batch size here)",
+                                    ge=1)
+        n_minibatches: int = param(8, "mini-batch gradients for f_top_minibatch (0: off)", ge=0,
+                                   convert=_zero_if_null)
+        trace_samples: int = param(0, "Hutchinson probes for the Hessian trace (0: off, else >= 2)", ge=0,
+                                   convert=_zero_if_null)
+        reference_step: int | None = param(None, "step for overlap_reference (null: the earliest cached step of "
+                                           "the run)", ge=0)
+        max_params: int = param(5_000_000, "skip (with a reason) when more parameters are selected; use "
+                                "modules/n_coords", ge=2)
+
+        def check(self) -> None:
+            """A Hutchinson estimate needs two probes at least."""
+            if self.trace_samples == 1:
+                raise ParameterError("trace_samples", 1, "0 (off) or an integer >= 2")
+
+    def __init__(self, **params: Any):
+        super().__init__(**params)
         self.k = max(self.ks)
-        if not isinstance(split, str) or not split:
-            raise ParameterError("split", split, "a non-empty split name (e.g. val, train)")
-        self.split = split
-        self.n_batches = _opt_int("n_batches", n_batches, 1)
-        if modules is not None:
-            if isinstance(modules, str):
-                modules = [modules]
-            modules = list(modules)
-            if not modules or not all(isinstance(m, str) and m for m in modules):
-                raise ParameterError("modules", modules, "null or a non-empty list of glob patterns on parameter names")
-        self.modules = modules
-        self.n_coords = _opt_int("n_coords", n_coords, 2)
-        self.coords_seed = _opt_int("coords_seed", coords_seed, 0)
-        check_choice("hvp", hvp, HVP_METHODS)
-        self.hvp = hvp
-        check_range("eig_tol", eig_tol, 0.0, 1.0, low_inclusive=False, high_inclusive=False)
-        self.eig_tol = float(eig_tol)
-        self.eig_maxiter = _opt_int("eig_maxiter", eig_maxiter, 1)
-        if not isinstance(residuals, bool):
-            raise ParameterError("residuals", residuals, "true or false")
-        self.residuals = residuals
-        self.minibatch_size = _opt_int("minibatch_size", minibatch_size, 1)
-        if self.minibatch_size is None:
-            raise ParameterError("minibatch_size", minibatch_size, "an integer >= 1")
-        n_mb = _opt_int("n_minibatches", n_minibatches, 0)
-        self.n_minibatches = 0 if n_mb is None else n_mb
-        tr = _opt_int("trace_samples", trace_samples, 0)
-        self.trace_samples = 0 if tr is None else tr
-        if self.trace_samples == 1:
-            raise ParameterError("trace_samples", trace_samples, "0 (off) or an integer >= 2")
-        self.reference_step = _opt_int("reference_step", reference_step, 0)
-        self.max_params = _opt_int("max_params", max_params, 2)
-        super().__init__(
-            ks=self.ks, split=split, n_batches=self.n_batches, modules=modules, n_coords=self.n_coords,
-            coords_seed=self.coords_seed, hvp=hvp,
-            eig_tol=self.eig_tol, eig_maxiter=self.eig_maxiter, residuals=residuals,
-            minibatch_size=self.minibatch_size, n_minibatches=self.n_minibatches, trace_samples=self.trace_samples,
-            reference_step=self.reference_step, max_params=self.max_params,
-        )
 
-    # -- dispatch ---------------------------------------------------------------------
-    def measure(self, ctx: Any) -> Iterable[Measurement]:
-        if isinstance(ctx, PairContext):
-            return list(self._measure_pair(ctx))
-        if isinstance(ctx, CheckpointContext):
-            return list(self._measure_checkpoint(ctx))
-        raise TypeError(f"subspace measures checkpoint and pair scopes, not {type(ctx).__name__}")
+    # -- dispatch by scope ------------------------------------------------------------
+    def measure_checkpoint(self, ctx: CheckpointContext) -> list[Measurement]:
+        """Eigenpairs, f_top, gradient norm (and trace) at one checkpoint; caches the eigenvectors."""
+        return list(self._measure_checkpoint(ctx))
+
+    def measure_pair(self, ctx: PairContext) -> list[Measurement]:
+        """Overlap of the top subspaces with the previous and the reference checkpoint."""
+        return list(self._measure_pair(ctx))
 
     # -- shared pieces ----------------------------------------------------------------
     def _cache_dir(self, ctx: Any, model_id: str):

@@ -16,9 +16,17 @@ from typing import Any
 
 import numpy as np
 
-from harness.api import Measurement, Metric, Scope, TrajectoryContext, check_choice, check_range
+from harness.api import Measurement, Metric, ParameterError, TrajectoryContext
 from harness.curves import CurveSelector, clean_series, record_series, resolve_curve
+from harness.params import Params, param
 from harness_plugins.metrics.time_scaling.fit import fit_power_law, local_slopes, log_binned, ols_slope
+
+
+def _curve_selector(value: Any) -> str:
+    try:
+        return str(CurveSelector.parse(value, "curve"))
+    except ParameterError as exc:
+        raise ValueError(exc.allowed) from None
 
 
 class TimeScalingMetric(Metric):
@@ -26,34 +34,27 @@ class TimeScalingMetric(Metric):
 
     name = "time_scaling"
     version = "1"
-    scopes = (Scope.TRAJECTORY,)
     reads = ("loss",)
 
-    def __init__(
-        self,
-        source: str = "auto",
-        fit_min_step: int | None = None,
-        fit_max_step: int | None = None,
-        fit_min_fraction: float = 0.01,
-        window_decades: float = 0.5,
-        min_points: int = 5,
-        max_slope_ratio: float = 1.6,
-        max_rsle: float = 0.08,
-        max_loss_drop: float = 1e-5,
-        curve: str = "loss:loss",
-    ):
-        super().__init__()
-        self.selector = CurveSelector.parse(curve, "curve")
-        check_choice("source", source, ("auto", "records", "history"))
-        check_range("fit_min_fraction", fit_min_fraction, 0, 1)
-        check_range("window_decades", window_decades, 0, low_inclusive=False)
-        check_range("min_points", min_points, 3)
-        check_range("max_slope_ratio", max_slope_ratio, 1)
-        check_range("max_rsle", max_rsle, 0, low_inclusive=False)
-        check_range("max_loss_drop", max_loss_drop, 0, 1)
-        self.source, self.fit_min_step, self.fit_max_step = source, fit_min_step, fit_max_step
-        self.fit_min_fraction, self.window_decades, self.min_points = fit_min_fraction, window_decades, min_points
-        self.max_slope_ratio, self.max_rsle, self.max_loss_drop = max_slope_ratio, max_rsle, max_loss_drop
+    class Params(Params):
+        source: str = param("auto", "auto (the `curve` records when they have min_points, else the training "
+                            "log; harness/curves.py) | records | history", choices=("auto", "records", "history"))
+        fit_min_step: int | None = param(None, "fit window start in steps (null = from fit_min_fraction)")
+        fit_max_step: int | None = param(None, "fit window end in steps (null = the last step)")
+        fit_min_fraction: float = param(0.01, "with fit_min_step null: start the window at this fraction of the "
+                                        "last step", ge=0, le=1)
+        window_decades: float = param(0.5, "width of the local-slope windows, in decades of tau", gt=0)
+        min_points: int = param(5, "fewer points in the window -> skipped", ge=3)
+        max_slope_ratio: float = param(1.6, "power_law flag: local slopes may vary by at most this factor", ge=1)
+        max_rsle: float = param(0.08, "power_law flag: largest root-mean-square log error of the fit", gt=0)
+        max_loss_drop: float = param(1e-5, "power_law flag: a loss below this fraction of its start was learned "
+                                     "exactly", ge=0, le=1)
+        curve: str = param("loss:loss", "the recorded series to fit, metric:measure[:task] (see harness/curves.py)",
+                           convert=_curve_selector, allowed="metric:measure or metric:measure:task")
+
+    def __init__(self, **params: Any):
+        super().__init__(**params)
+        self.selector = CurveSelector.parse(self.curve, "curve")
 
     # -- inputs -------------------------------------------------------------------------
     def _curve(self, ctx: TrajectoryContext) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, str, Any]:
@@ -92,7 +93,7 @@ class TimeScalingMetric(Metric):
         return steps.astype(float), "step (no learning rates known)"
 
     # -- the metric -----------------------------------------------------------------------
-    def measure(self, ctx: TrajectoryContext) -> Iterator[Measurement]:
+    def measure_trajectory(self, ctx: TrajectoryContext) -> Iterator[Measurement]:
         steps, loss, logit_std, source, cur = self._curve(ctx)
         data_warning = cur.warning()
         if len(steps) == 0:

@@ -6,7 +6,7 @@ optional stratified subsample keeps the same fraction of every tensor (so the ra
 system sizes between model sizes is preserved), and only the normalised float32 values
 are kept: one array of N entries, never the model.
 
-Null fields (research note section 3) run through the identical pipeline:
+Null fields (docs/transport.md, "Sources and the reconstruction") run through the identical pipeline:
 
 * ``R1``: the entries of each tensor permuted (keeps the marginal, destroys arrangement);
 * ``R2``: i.i.d. Gaussian at each tensor's RMS (destroys both).

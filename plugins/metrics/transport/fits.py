@@ -1,4 +1,4 @@
-"""Finite-size fits across model sizes at one aligned step (research note sections 2.2-2.5).
+"""Finite-size fits across model sizes at one aligned step (docs/transport.md: the reconstruction).
 
 For each included size n with system size N_n and per-event cascade statistics, the
 observables are (``stat`` = mean or max over events)::

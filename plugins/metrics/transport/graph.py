@@ -28,6 +28,8 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
+from harness.atomic import atomic_path
+
 logger = logging.getLogger(__name__)
 
 #: bump when the generator's output for a given (N, m, seed) changes (invalidates caches)
@@ -239,10 +241,8 @@ def cached_ba_graph(n: int, m: int, seed: int, cache_dir: str | os.PathLike | No
     g = ba_graph(n, m, seed)
     base.parent.mkdir(parents=True, exist_ok=True)
     for path, arr in ((ip, g.indptr), (ix, g.indices)):
-        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-        with open(tmp, "wb") as fh:
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:  # a concurrent reader never sees half a file
             np.save(fh, arr)
-        os.replace(tmp, path)  # atomic: a concurrent reader never sees half a file
     return g
 
 

@@ -1,6 +1,6 @@
 """`TransportMetric`: finite-size gradient-transport observables (D, z, beta, delta, v_rel)
 with null controls, closure and one-slope compressibility (issue 6; Wang & Du 2026 as
-reconstructed in shared/research/transport.md: see docs/transport.md for what is
+reconstructed in docs/transport.md, which says what is
 reconstructed and which parameter carries each unconfirmed choice).
 
 Checkpoint scope: the configured field is streamed into the TDU-OFC probe for the real field
@@ -20,22 +20,14 @@ import json
 import logging
 import math
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from harness.api import (
-    CheckpointContext,
-    Measurement,
-    Metric,
-    ParameterError,
-    Scope,
-    SuiteContext,
-    check_choice,
-    check_range,
-)
+from harness.api import CheckpointContext, Measurement, Metric, ParameterError, Scope, SuiteContext
+from harness.params import Params, param
 
 from .field import CHANNELS, Field, collect_field
 from .fits import EXPONENTS, SizeEvents, fit_step
@@ -47,103 +39,83 @@ logger = logging.getLogger(__name__)
 ARTIFACT = "events.npz"
 
 
+def _kinds(value: Any) -> list[str]:
+    kinds = [value] if isinstance(value, str) else list(value)
+    if not kinds or not all(isinstance(f, str) and f for f in kinds):
+        raise ValueError("field")
+    return kinds
+
+
+def _channels(value: Any) -> list[str]:
+    chans = [value] if isinstance(value, str) else list(value)
+    if not chans or any(ch not in CHANNELS for ch in chans) or len(set(chans)) != len(chans):
+        raise ValueError("channels")
+    return chans
+
+
 class TransportMetric(Metric):
     """TDU-OFC avalanche probe on a checkpoint's update field, fitted across sizes."""
 
     name = "transport"
     version = "1"
-    scopes = (Scope.CHECKPOINT, Scope.SUITE)
 
-    def __init__(
-        self,
-        field: str | Sequence[str] = ("gradient", "delta"),
-        modules: Sequence[str] | None = None,
-        graph: str = "ba",
-        m: int = 3,
-        assignment: str = "random",
-        threshold: str = "quantile",
-        q: float = 0.99,
-        c: float = 3.0,
-        alpha: float = 0.8,
-        normalisation: str = "rms",
-        relaxation: str = "global",
-        n_events: int = 100,
-        drive: str = "random_node",
-        n_reps: int = 4,
-        n_graphs: int = 1,
-        graph_seed: int = 0,
-        channels: Sequence[str] = CHANNELS,
-        subsample_fraction: float = 1.0,
-        max_sweeps: int = 100_000,
-        statistic: str = "mean",
-        transport: str = "topplings",
-        system_size: str = "field",
-        min_sizes: int = 3,
-        n_boot: int = 200,
-        event_records: int = 64,
-        device: str = "cpu",
-        graph_cache_dir: str | None = None,
-    ):
-        params = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
-        fields = [field] if isinstance(field, str) else list(field)
-        if not fields or not all(isinstance(f, str) and f for f in fields):
-            raise ParameterError("field", field, "a field kind or a non-empty list of kinds")
-        check_choice("graph", graph, ("ba", "lattice"))
-        check_range("m", m, 1)
-        check_choice("assignment", assignment, ("random", "index"))
-        check_choice("threshold", threshold, ("quantile", "scale"))
-        check_range("q", q, 0, 1, low_inclusive=False, high_inclusive=False)
-        check_range("c", c, 0, low_inclusive=False)
-        check_range("alpha", alpha, 0, 1, low_inclusive=False, high_inclusive=False)
-        check_choice("normalisation", normalisation, ("rms", "robust"))
-        check_choice("relaxation", relaxation, ("global", "driven"))
-        check_range("n_events", n_events, 1)
-        check_choice("drive", drive, ("random_node", "uniform"))
-        check_range("n_reps", n_reps, 1)
-        check_range("n_graphs", n_graphs, 1)
-        chans = list(channels)
-        if not chans or any(ch not in CHANNELS for ch in chans) or len(set(chans)) != len(chans):
-            raise ParameterError("channels", channels, "distinct values among " + ", ".join(CHANNELS))
-        check_range("subsample_fraction", subsample_fraction, 0, 1, low_inclusive=False)
-        check_range("max_sweeps", max_sweeps, 1)
-        check_choice("statistic", statistic, ("mean", "max"))
-        check_choice("transport", transport, ("topplings", "load"))
-        check_choice("system_size", system_size, ("field", "params"))
-        check_range("min_sizes", min_sizes, 3)
-        check_range("n_boot", n_boot, 0)
-        check_range("event_records", event_records, 0)
-        check_choice("device", device, ("cpu", "cuda", "auto"))
-        if graph == "lattice" and subsample_fraction < 1:
-            raise ParameterError("subsample_fraction", subsample_fraction,
-                                 "1 with graph=lattice (a subsample has no matrix geometry)")
-        super().__init__(**params)
-        self.fields, self.modules = fields, (list(modules) if modules is not None else None)
-        self.graph, self.m, self.assignment = graph, int(m), assignment
-        self.threshold, self.q, self.c, self.alpha = threshold, float(q), float(c), float(alpha)
-        self.normalisation, self.relaxation = normalisation, relaxation
-        self.n_events, self.drive = int(n_events), drive
-        self.n_reps, self.n_graphs, self.graph_seed = int(n_reps), int(n_graphs), int(graph_seed)
-        self.channels = chans
-        self.fraction, self.max_sweeps = float(subsample_fraction), int(max_sweeps)
-        self.statistic, self.transport, self.system_size = statistic, transport, system_size
-        self.min_sizes, self.n_boot, self.event_records = int(min_sizes), int(n_boot), int(event_records)
-        self.device, self.graph_cache_dir = device, graph_cache_dir
+    class Params(Params):
+        field: list[str] = param(["gradient", "delta"], "field kinds to probe, first one the checkpoint offers wins",
+                                 convert=_kinds, allowed="a field kind or a non-empty list of kinds")
+        modules: list[str] | None = param(None, "glob patterns on tensor names; null = the family's default set")
+        graph: str = param("ba", "[R] ba (Barabasi-Albert) | lattice (4-neighbour grid on each weight matrix)",
+                           choices=("ba", "lattice"))
+        m: int = param(3, "[R] BA edges per new node", ge=1)
+        assignment: str = param("random", "[R] entry -> node map on the BA graph: random (seeded) | index",
+                                choices=("random", "index"))
+        threshold: str = param("quantile", "[R] quantile: theta = Quantile_q(x) | scale: theta = c (x is in units "
+                               "of the tensor scale)", choices=("quantile", "scale"))
+        q: float = param(0.99, "[R] quantile for threshold=quantile", gt=0, lt=1)
+        c: float = param(3.0, "[R] multiple of the scale for threshold=scale", gt=0)
+        alpha: float = param(0.8, "[R] fraction of a toppling node's load passed on (1 - alpha dissipates)",
+                             gt=0, lt=1)
+        normalisation: str = param("rms", "[R] per-tensor scale: rms | robust (median|u| / 0.6745)",
+                                   choices=("rms", "robust"))
+        relaxation: str = param("global", "[R] global: one relaxation of the injected field | driven: OFC events "
+                                "after it", choices=("global", "driven"))
+        n_events: int = param(100, "driven only: events recorded per replicate", ge=1)
+        drive: str = param("random_node", "driven only: random_node (top one node up to theta) | uniform "
+                           "(classic OFC)", choices=("random_node", "uniform"))
+        n_reps: int = param(4, "replicates (node assignment, null realisation) per channel", ge=1)
+        n_graphs: int = param(1, "distinct BA graphs cycled over replicates (each cached on disk per N, m, seed)",
+                              ge=1)
+        graph_seed: int = param(0, "seed of the first BA graph")
+        channels: list[str] = param(list(CHANNELS), "real field, R1 permuted within each tensor, R2 iid Gaussian "
+                                    "at the tensor's RMS", convert=_channels,
+                                    allowed="distinct values among " + ", ".join(CHANNELS))
+        subsample_fraction: float = param(1.0, "stratified: keep this fraction of every tensor (use the same value "
+                                          "for all sizes)", gt=0, le=1)
+        max_sweeps: int = param(100_000, "cap on sweeps; truncated cascades are excluded from fits", ge=1)
+        statistic: str = param("mean", "[R] per-size statistic of S and T: mean | max", choices=("mean", "max"))
+        transport: str = param("topplings", "[R] V = S/T (topplings) | M/T (load)", choices=("topplings", "load"))
+        system_size: str = param("field", "[R] N on the x axis: field (entries = nodes) | params (parameter "
+                                 "count)", choices=("field", "params"))
+        min_sizes: int = param(3, "fewer included sizes at a step -> skipped records", ge=3)
+        n_boot: int = param(200, "bootstrap resamples of events per size", ge=0)
+        event_records: int = param(64, "raw per-event S/area/T/M records per channel (all events are in the "
+                                   "artifact)", ge=0)
+        device: str = param("cpu", "cpu | cuda | auto (torch path for global relaxation on a BA graph)",
+                            choices=("cpu", "cuda", "auto"))
+        graph_cache_dir: str | None = param(None, "shared graph cache; null = the run's artifact directory")
 
-    # ---- dispatch -------------------------------------------------------------------
-    def measure(self, ctx: Any) -> Iterator[Measurement]:
-        if isinstance(ctx, CheckpointContext):
-            return self._measure_checkpoint(ctx)
-        if isinstance(ctx, SuiteContext):
-            return self._measure_suite(ctx)
-        raise TypeError(f"transport runs at checkpoint and suite scope, not {type(ctx).__name__}")
+        def check(self) -> None:
+            """A subsample has no matrix geometry for the lattice graph."""
+            if self.graph == "lattice" and self.subsample_fraction < 1:
+                raise ParameterError("subsample_fraction", self.subsample_fraction,
+                                     "1 with graph=lattice (a subsample has no matrix geometry)")
 
     # ---- checkpoint scope -----------------------------------------------------------
     def _pick_field(self, ckpt: Any) -> tuple[str | None, str]:
         offered = tuple(ckpt.field_kinds())
-        for kind in self.fields:
+        for kind in self.field:
             if kind in offered:
                 return kind, ""
-        return None, f"checkpoint offers fields {list(offered)}, none of the configured {self.fields}"
+        return None, f"checkpoint offers fields {list(offered)}, none of the configured {self.field}"
 
     def _graph(self, n: int, rep: int, fld: Field, cache: Path) -> Any:
         if self.graph == "lattice":
@@ -216,20 +188,21 @@ class TransportMetric(Metric):
         out["N"] = np.full(out["S"].size, n, dtype=np.int64)
         return out
 
-    def _measure_checkpoint(self, ctx: CheckpointContext) -> Iterator[Measurement]:
+    def measure_checkpoint(self, ctx: CheckpointContext) -> Iterator[Measurement]:
+        """Probe the first configured field the checkpoint offers (real field and nulls)."""
         ckpt = ctx.checkpoint
         ref = ckpt.ref
         kind, reason = self._pick_field(ckpt)
         if kind is None:
             yield Measurement.skipped("N", reason, task="real")
             return
-        rng = np.random.default_rng([ctx.seed, 0x5B]) if self.fraction < 1 else None
-        fld = collect_field(ckpt.field(kind, self.modules), self.normalisation, self.fraction, rng)
+        rng = np.random.default_rng([ctx.seed, 0x5B]) if self.subsample_fraction < 1 else None
+        fld = collect_field(ckpt.field(kind, self.modules), self.normalisation, self.subsample_fraction, rng)
         cache = Path(self.graph_cache_dir) if self.graph_cache_dir else ctx.artifact_dir("graphs")
         ev = self.run_probe(fld, ctx.seed, cache)
         art = ctx.artifact_dir("events", ref.model_id, ref.label) / ARTIFACT
         np.savez_compressed(art, **ev, field_kind=np.asarray(kind), n_full=np.asarray(fld.n_full))
-        common = {"artifact": str(art), "field_kind": kind, "n_full": fld.n_full, "fraction": self.fraction,
+        common = {"artifact": str(art), "field_kind": kind, "n_full": fld.n_full, "fraction": self.subsample_fraction,
                   "n_tensors": len(fld.names), "n_params": ref.n_params}
         yield from self._summaries(ev, fld, common)
 
@@ -340,7 +313,8 @@ class TransportMetric(Metric):
             out[step][ch][size] = se
         return out, notes
 
-    def _measure_suite(self, ctx: SuiteContext) -> Iterator[Measurement]:
+    def measure_suite(self, ctx: SuiteContext) -> Iterator[Measurement]:
+        """Finite-size fits across sizes at every step shared by >= min_sizes sizes."""
         data, notes = self._collect(ctx)
         all_sizes = sorted({s for by_ch in data.values() for by_size in by_ch.values() for s in by_size})
         if len(all_sizes) < self.min_sizes:

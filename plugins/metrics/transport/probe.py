@@ -1,5 +1,5 @@
 """The TDU-OFC cascade engine: a field injected as the initial load of a thresholded,
-dissipative Olami-Feder-Christensen diffusion on a graph (research note section 2.1).
+dissipative Olami-Feder-Christensen diffusion on a graph (docs/transport.md: the reconstruction).
 
 One synchronous sweep::
 

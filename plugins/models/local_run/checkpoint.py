@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from harness import learning_dynamics as ld
-from harness.api import CheckpointRef
+from harness.api import CheckpointRef, FieldUnavailable
 from harness.capture import layout as L
 from harness.delta import delta_field, offers_delta
 from harness.lm import CausalLMCheckpoint, select_names
@@ -90,7 +90,7 @@ class LocalRunCheckpoint(CausalLMCheckpoint):
 
         path = self.step_dir / L.VAL_LOSSES
         if not path.is_file():
-            raise NotImplementedError(f"no stored validation losses at {self.step_dir}")
+            raise FieldUnavailable(f"no stored validation losses at {self.step_dir}")
         return load_file(str(path))["loss"]
 
     def close(self) -> None:

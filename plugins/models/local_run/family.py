@@ -13,11 +13,12 @@ every checkpoint; ``history()`` is the per-step training-loss log.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
 from harness.api import CheckpointRef, ModelFamily, ParameterError
+from harness.params import Params, param
 from harness.capture import layout as L
 
 logger = logging.getLogger(__name__)
@@ -28,29 +29,24 @@ class LocalRunFamily(ModelFamily):
 
     name: ClassVar[str] = "local_run"
 
-    def __init__(
-        self,
-        root: str | None = None,
-        size: str | list[str] | None = None,
-        device: str = "cpu",
-        val_batch_size: int | None = None,
-        *,
-        data: Mapping[str, Any] | None = None,
-        workdir: str | None = None,
-        **params: Any,
-    ):
-        if params:
-            key = next(iter(params))
-            raise ParameterError(key, params[key], "a known key: root, size, device, val_batch_size")
-        super().__init__(data=data, workdir=workdir)
-        if not root:
-            raise ParameterError("root", root, "a captured run or suite directory (model.root=PATH)")
-        if val_batch_size is not None and int(val_batch_size) < 1:
-            raise ParameterError("val_batch_size", val_batch_size, ">= 1 or null")
-        self.root = Path(str(root)).expanduser()
-        self.sizes = None if size is None else [str(s) for s in ([size] if isinstance(size, str | int) else size)]
-        self.device = device
-        self.val_batch_size = None if val_batch_size is None else int(val_batch_size)
+    class Params(Params):
+        root: str | None = param(None, "required: a captured run dir (has capture.json) or a suite dir "
+                                 "(suite.json / runs inside)")
+        size: list[str] | None = param(None, "keep only these sizes (size label or model_id), a string or a list; "
+                                       "null = all runs")
+        device: str = param("cpu", "where models run: cpu | cuda | cuda:N")
+        val_batch_size: int | None = param(None, "split the stored validation batch into batches of this many "
+                                           "sequences; null = one batch", ge=1, allowed=">= 1 or null")
+
+        def check(self) -> None:
+            """A root is required."""
+            if not self.root:
+                raise ParameterError("root", self.root, "a captured run or suite directory (model.root=PATH)")
+
+    def __init__(self, **kw: Any):
+        super().__init__(**kw)
+        self.root = Path(str(self.root)).expanduser()
+        self.sizes = self.size
         self._runs: dict[str, dict[str, Any]] | None = None
         self._batches: dict[str, list[Any]] = {}
         self._tokenizers: dict[str, Any] = {}

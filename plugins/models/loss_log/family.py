@@ -20,13 +20,13 @@ from __future__ import annotations
 import glob
 import logging
 import os
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from harness.api import Checkpoint, CheckpointRef, HarnessError, ModelFamily, ParameterError, check_choice, check_range
+from harness.api import Checkpoint, CheckpointRef, HarnessError, ModelFamily, ParameterError
+from harness.params import Params, param
 
 from .readers import FORMATS, describe_file, detect_format, normalise_log, read_log
 
@@ -45,28 +45,42 @@ def _as_list(value: Any) -> list[Any]:
     return list(value)
 
 
+def _non_empty(value: Any) -> Any:
+    if not value:
+        raise ValueError("empty")
+    return value
+
+
 class LossLogFamily(ModelFamily):
     """Training-loss logs (CSV, JSONL, TensorBoard) as runs without checkpoints."""
 
     name = "loss_log"
     has_weights = False
 
-    def __init__(
-        self,
-        path: str | Sequence[str] | None = None,
-        format: str = "auto",  # noqa: A002 (the config key users write)
-        sizes: Sequence[str] | None = None,
-        step_key: str | None = "step",
-        loss_key: str = "loss",
-        lr_key: str | None = "learning_rate",
-        tokens_key: str | None = "tokens_seen",
-        tokens_per_step: float | None = None,
-        n_params: int | Sequence[int] | None = None,
-        **kw: Any,
-    ):
+    class Params(Params):
+        path: Any = param(None, "required: a file, a TensorBoard log dir, a glob, or a list of them",
+                          allowed="a CSV/JSONL file, a TensorBoard event file or directory, a glob, or a list of them")
+        format: str = param("auto", "auto (from the suffix: .csv/.tsv, .jsonl/.json, tfevents or a dir) | csv | "
+                            "jsonl | tensorboard", choices=FORMATS)
+        sizes: list[str] | None = param(None, "one label per file (model_id and size); null = the file stem "
+                                        "(TensorBoard: the dir name)")
+        step_key: str | None = param("step", "step column; null = row order (1, 2, ...); TensorBoard uses the "
+                                     "event step")
+        loss_key: str = param("loss", "loss column or TensorBoard tag (e.g. train/loss)", convert=_non_empty,
+                              allowed="the loss column name or TensorBoard tag")
+        lr_key: str | None = param("learning_rate", "learning-rate column/tag, used when present")
+        tokens_key: str | None = param("tokens_seen", "tokens-seen column/tag, used when present")
+        tokens_per_step: float | None = param(None, "when the log has no tokens column: tokens_seen = step * "
+                                              "tokens_per_step", gt=0)
+        n_params: list[int] | None = param(None, "model size(s) in parameters, one or one per file (provenance, "
+                                           "size plots)", ge=1)
+
+    def __init__(self, **kw: Any):
         super().__init__(**kw)
+        path, format, sizes, n_params = self.path, self.format, self.sizes, self.n_params  # noqa: A001
+        step_key, loss_key, lr_key, tokens_key = self.step_key, self.loss_key, self.lr_key, self.tokens_key
+        tokens_per_step = self.tokens_per_step
         files = self._expand(path)
-        check_choice("format", format, FORMATS)
         formats = []
         for f in files:
             fmt = format if format != "auto" else detect_format(f)
@@ -78,17 +92,11 @@ class LossLogFamily(ModelFamily):
             raise ParameterError("sizes", sizes, f"null or one label per file ({len(files)} files)")
         if len(set(labels)) != len(labels):
             raise ParameterError("sizes", sizes, f"distinct labels, one per file (file stems collide: {labels})")
-        if not loss_key:
-            raise ParameterError("loss_key", loss_key, "the loss column name or TensorBoard tag")
-        if tokens_per_step is not None:
-            check_range("tokens_per_step", tokens_per_step, 0, low_inclusive=False)
         counts = _as_list(n_params)
         if counts and len(counts) == 1 and len(files) > 1:
             counts = counts * len(files)
         if counts and len(counts) != len(files):
             raise ParameterError("n_params", n_params, f"null, one integer, or one per file ({len(files)} files)")
-        for c in counts:
-            check_range("n_params", c, 1)
         self.files, self.formats, self.labels = files, formats, labels
         self.n_params = [int(c) for c in counts] or [None] * len(files)
         self.keys = {"step_key": step_key, "loss_key": loss_key, "lr_key": lr_key, "tokens_key": tokens_key,

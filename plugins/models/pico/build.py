@@ -27,8 +27,6 @@ import json
 import logging
 import math
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +35,7 @@ import torch.nn.functional as F
 
 from harness import learning_dynamics as ld
 from harness.api import check_range
+from harness.atomic import atomic_dir
 
 logger = logging.getLogger(__name__)
 
@@ -83,17 +82,9 @@ def build(out: str | None = None, cache_dir: str | None = None, force: bool = Fa
                 return target
         except (OSError, ValueError):
             pass
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
+    with atomic_dir(target) as tmp:
         _build_into(tmp, p, cache)
         (tmp / "suite.json").write_text(json.dumps({"key": key, "recipe": RECIPE, "params": p}, indent=1))
-        if target.exists():
-            shutil.rmtree(target)
-        tmp.rename(target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return target
 
 

@@ -68,7 +68,12 @@ class PicoCheckpoint(CausalLMCheckpoint):
         return self._performance()
 
     def field_kinds(self) -> tuple[str, ...]:
-        return ("weights", *(("delta",) if offers_delta(self) else ()), "gradient", *LD_KINDS)
+        """weights; delta when there is a previous selected checkpoint; the stored dynamics of this step."""
+        kinds = ["weights", "delta"] if offers_delta(self) else ["weights"]
+        if self.dynamics.has("train", "gradients"):
+            kinds.append("gradient")
+        kinds += [k for k in LD_KINDS if self.dynamics.has(*k.split("_", 1))]
+        return tuple(kinds)
 
     def field(self, kind: str, modules: Sequence[str] | None = None) -> Iterator[tuple[str, torch.Tensor]]:
         if kind == "gradient":

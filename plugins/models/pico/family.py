@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -21,6 +21,7 @@ import torch
 
 from harness import learning_dynamics as ld
 from harness.api import CheckpointRef, ModelFamily, ParameterError, check_choice
+from harness.params import Params, param
 from harness_plugins.models.pico.checkpoint import PicoCheckpoint
 from harness_plugins.models.pico.modeling import PICO_SIZES, PicoDecoderForCausalLM
 from harness_plugins.models.pico.run import PicoRun, find_runs, learning_rate, n_params
@@ -33,53 +34,39 @@ DEFAULT_DATA: dict[str, Any] = {"name": "pydoc", "seq_len": 128, "batch_size": 8
                                 "val_fraction": 0.1, "seed": 1234}
 
 
-def _as_list(value: Any) -> list[Any]:
-    if value is None:
-        return []
-    if isinstance(value, str | int):
-        return [value]
-    return list(value)
-
-
 class PicoFamily(ModelFamily):
     """Pico-LM decoders (native pico-decoder, no remote code) with their learning dynamics."""
 
     name: ClassVar[str] = "pico"
 
-    def __init__(
-        self,
-        size: str | list[str] | None = "tiny",
-        source: str = "hub",
-        root: str | None = None,
-        repo_id: str | None = None,
-        branch: str | None = None,
-        device: str = "cpu",
-        normalise_gradients: bool = True,
-        build: Mapping[str, Any] | None = None,
-        *,
-        data: Mapping[str, Any] | None = None,
-        workdir: str | None = None,
-        **params: Any,
-    ):
-        if params:
-            raise ParameterError(next(iter(params)), params[next(iter(params))],
-                                 "a known key: size, source, root, repo_id, branch, device, normalise_gradients, build")
-        super().__init__(data=data, workdir=workdir)
-        check_choice("source", source, SOURCES)
-        self.source = source
-        self.sizes = [str(s) for s in _as_list(size)]
-        if source == "hub":
-            if not self.sizes:
-                raise ParameterError("size", size, "one or more of " + ", ".join(PICO_SIZES))
-            for s in self.sizes:
-                check_choice("size", s, tuple(PICO_SIZES))
-            if (repo_id or branch) and len(self.sizes) > 1:
-                raise ParameterError("repo_id", repo_id, "only with a single size")
-        self.root = root
-        self.repo_id, self.branch = repo_id, branch
-        self.device = device
-        self.normalise_gradients = bool(normalise_gradients)
-        self.build_params = dict(build or {})
+    class Params(Params):
+        size: list[str] | None = param("tiny", "hub: tiny | small | medium | large, or a list; local: filter runs "
+                                       "by size label (d<width>) or run name, null = all")
+        source: str = param("hub", "hub | local", choices=SOURCES)
+        root: str | None = param(None, "local: a pico-train run dir (has checkpoints/) or a folder of runs; "
+                                 "null = build pico_mini")
+        repo_id: str | None = param(None, "hub: override pico-lm/pico-decoder-{size} (single size only)")
+        branch: str | None = param(None, "hub: override the run branch pico-decoder-{size}-1")
+        device: str = param("cpu", "where models run")
+        normalise_gradients: bool = param(True, "divide stored gradients by pico-train's sub-batch count "
+                                          "(mean-loss gradient)")
+        build: dict[str, Any] = param({}, "pico_mini builder parameters when root is null, e.g. "
+                                      "{widths: [16, 32], steps: 60}", convert=lambda v: {} if v is None else v)
+
+        def check(self) -> None:
+            """The Hub has four sizes, and a repo/branch override names one of them."""
+            if self.source == "hub":
+                if not self.size:
+                    raise ParameterError("size", self.size, "one or more of " + ", ".join(PICO_SIZES))
+                for s in self.size:
+                    check_choice("size", s, tuple(PICO_SIZES))
+                if (self.repo_id or self.branch) and len(self.size) > 1:
+                    raise ParameterError("repo_id", self.repo_id, "only with a single size")
+
+    def __init__(self, **kw: Any):
+        super().__init__(**kw)
+        self.sizes = list(self.size or [])
+        self.build_params = dict(self.build)
         self._runs: dict[str, PicoRun] | None = None
         self._batches: dict[str, Any] = {}
         self._tokenizers: dict[str, Any] = {}
@@ -99,15 +86,24 @@ class PicoFamily(ModelFamily):
             if root is None:  # the offline demo: build (or reuse) the pico_mini suite
                 from harness_plugins.models.pico.build import build
 
+                from harness_plugins.models.pico.build import DEFAULTS as BUILD_DEFAULTS
+
                 params = dict(self.build_params)
-                if self.workdir is not None:
-                    params.setdefault("cache_dir", str(self.workdir))
+                widths = params.get("widths", BUILD_DEFAULTS["widths"])
+                labels = [f"d{w}" for w in (widths if isinstance(widths, (list, tuple)) else [widths])]
+                missing = [s for s in self.sizes if s not in labels]
+                if missing:  # before minutes of building: the suite's sizes follow from its widths
+                    raise ParameterError("size", self.sizes, "sizes of the pico_mini suite: "
+                                         f"{', '.join(labels)} (or null = all; widths set by model.build.widths)")
+                if self.cache_root is not None:  # where `python -m harness.build suite=pico_mini` builds
+                    params.setdefault("cache_dir", str(self.cache_root))
                 root = str(build(**params))
             runs = [PicoRun(p) for p in find_runs(root)]
             if self.sizes:
+                have = sorted({r.size for r in runs} | {r.run_name for r in runs})
                 runs = [r for r in runs if r.size in self.sizes or r.run_name in self.sizes]
                 if not runs:
-                    raise ParameterError("size", self.sizes, f"sizes present under {root}")
+                    raise ParameterError("size", self.sizes, f"sizes present under {root}: {', '.join(have)}")
         self._runs = {r.run_name: r for r in runs}
 
     @property

@@ -32,6 +32,24 @@ MODEL_PATTERNS = ["config.json", "model.safetensors", "tokenizer.json", "tokeniz
                   "special_tokens_map.json", "training_config.yaml"]
 
 
+def hub_unreachable(repo_id: str, exc: Exception) -> Exception:
+    """An offline or unreachable Hub becomes one line naming the offline variant (a
+    `ConfigError`, printed without a traceback); any other failure is returned unchanged."""
+    import os
+
+    from harness.api import ConfigError
+
+    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
+    names = {c.__name__ for c in type(exc).__mro__}
+    if offline or names & {"OfflineModeIsEnabled", "ConnectionError", "ConnectTimeout", "Timeout"}:
+        why = "HF_HUB_OFFLINE is set" if offline else f"the Hub is unreachable ({type(exc).__name__})"
+        return ConfigError(
+            f"model.source=hub needs the Hugging Face Hub to list {repo_id}, but {why}. "
+            "Offline variant: model.source=local model.size=null (builds or reuses the pico_mini suite), "
+            "e.g. python -m harness experiment=pico_transport model.source=local model.size=null")
+    return exc
+
+
 def published_config(size: str) -> dict[str, Any]:
     """What the published runs used: 16 GPUs, LD sub-batch 256 (tiny) or 128, 1024 x 2048 tokens."""
     return {
@@ -90,7 +108,10 @@ class HubRun(PicoRun):
         if self._commits is None:
             from huggingface_hub import HfApi
 
-            listing = HfApi(token=self.token).list_repo_commits(self.repo_id, revision=self.branch)
+            try:
+                listing = HfApi(token=self.token).list_repo_commits(self.repo_id, revision=self.branch)
+            except Exception as exc:
+                raise hub_unreachable(self.repo_id, exc) from None
             self._commits = parse_commit_titles((c.commit_id, c.title) for c in listing)
             if not self._commits:
                 raise RuntimeError(f"{self.repo_id}@{self.branch}: no 'Saving HF Model -- Step N' commits")

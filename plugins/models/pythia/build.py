@@ -34,14 +34,13 @@ import hashlib
 import json
 import logging
 import os
-import shutil
-import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from harness.api import ConfigError, ParameterError, check_choice, check_range
+from harness.atomic import atomic_dir
 
 from . import schedule as S
 
@@ -100,16 +99,8 @@ def build(**params: Any) -> Path:
         return root
     if root.exists() and any(root.iterdir()) and not marker.is_file():
         raise ConfigError(f"{root}: exists and is not a pythia_mini build; refusing to overwrite it")
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}-", dir=root.parent))
-    try:
+    with atomic_dir(root) as tmp:
         _build_into(tmp, p, key)
-        if root.exists():
-            shutil.rmtree(root)
-        tmp.rename(root)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return root
 
 

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from harness.api import CheckpointRef
+from harness.api import CheckpointRef, FieldUnavailable
 from harness.lm import CausalLMCheckpoint, per_token_loss
 
 from . import modules as M
@@ -128,7 +128,7 @@ class PythiaCheckpoint(CausalLMCheckpoint):
                 yield pick.name, pick.apply(grads.read(pick.source, torch.float32))
             return
         if self.probe is None:
-            raise NotImplementedError(f"{self.ref.model_id}@{self.ref.label}: no probe batch for gradients")
+            raise FieldUnavailable(f"{self.ref.model_id}@{self.ref.label}: no probe batch for gradients")
         grads, loss = self.compute_probe_gradients()
         self._meta["gradient"] = {"source": "computed", "probe_loss": loss, **self.probe.get("meta", {})}
         shapes = {n: tuple(g.shape) for n, g in grads.items()}
@@ -138,7 +138,7 @@ class PythiaCheckpoint(CausalLMCheckpoint):
     def compute_probe_gradients(self) -> tuple[dict[str, torch.Tensor], float]:
         """Gradient of the mean next-token loss on the probe batch, keyed by stored tensor name."""
         if self.probe is None:
-            raise NotImplementedError("no probe batch")
+            raise FieldUnavailable("no probe batch")
         return probe_gradients(self.model, self.probe["input_ids"].to(self.device))
 
 

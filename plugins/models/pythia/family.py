@@ -32,13 +32,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from harness.api import (
-    CheckpointRef,
-    ModelFamily,
-    ParameterError,
-    check_choice,
-    check_range,
-)
+from harness.api import CheckpointRef, ModelFamily, ParameterError, check_choice
+from harness.params import Params, param
 
 from . import schedule as S
 
@@ -56,95 +51,100 @@ DEFAULT_DATA = {"name": "pydoc"}
 _PUBLIC = re.compile(r"^EleutherAI/pythia-(?P<size>[0-9.]+[mb])(?P<dedup>-deduped)?$")
 
 
-class PythiaFamily(ModelFamily):
-    """Pythia (GPT-NeoX) checkpoints: Hub revisions ``stepN``, a local mirror, or the mini suite.
+def _revisions(value: Any) -> list[int] | None:
+    if value is None:
+        return None
+    items = [value] if isinstance(value, (str, int)) else list(value)
+    return sorted({_step_of(r) for r in items})
 
-    Args:
-        size: one size or a list (``14m`` ... ``12b``) for the Hub; for local/mini sources a
-            filter on the sizes found (None = all).
-        deduped: the ``-deduped`` variants (Hub).
-        source: ``hub``, ``local`` (``root`` = directory in the Hub's layout) or ``mini``
-            (build/reuse the ``pythia_mini`` suite with the ``mini`` parameters).
-        root: the local directory (``source=local``).
-        models: local/mini: model ids (glob patterns) to keep; None = all found.
-        revisions: restrict to these steps (ints or ``stepN``); None = all offered.
-        dtype: model dtype (``float32``, ``float16``, ``bfloat16``).
-        device: where the model runs (``cpu``, ``cuda``).
-        modules: default tensor set of the fields: ``pico`` (Pico's three modules' analogue),
-            ``matrices``, ``all``, or a list of glob patterns.
-        probe_batch_size: sequences in the gradient probe batch (Hub checkpoints).
-        verify_hash: hash local weights by content (one extra read per checkpoint).
-        hf_cache_dir: Hugging Face cache directory (default: HF_HOME's).
-        mini: parameters for the ``pythia_mini`` builder (``source=mini``).
-        published: the published lm-eval scores: ``join`` (bool, default true: join them to
-            standard Pythia checkpoints), ``tasks`` (list of task globs or ``all``), ``primary``
-            (``task/metric`` the leaderboard ranks by default).
-    """
+
+def _modules(value: Any) -> Any:
+    if isinstance(value, str):
+        from .modules import KINDS
+
+        if value not in KINDS and not any(c in value for c in "*?[."):
+            raise ValueError("modules")
+        return value
+    return [str(v) for v in value]
+
+
+def _step_of(r: int | str) -> int:
+    m = re.fullmatch(r"(?:step)?(\d+)", str(r).strip())
+    if not m:
+        raise ParameterError("revisions", r, "steps as integers or 'stepN'")
+    return int(m[1])
+
+
+class PythiaFamily(ModelFamily):
+    """Pythia (GPT-NeoX) checkpoints: Hub revisions ``stepN``, a local mirror, or the mini suite."""
 
     name = "pythia"
 
-    def __init__(
-        self,
-        size: str | Sequence[str] | None = None,
-        deduped: bool = False,
-        source: str = "hub",
-        root: str | None = None,
-        models: Sequence[str] | None = None,
-        revisions: Sequence[int | str] | None = None,
-        dtype: str = "float32",
-        device: str = "cpu",
-        modules: str | Sequence[str] = "pico",
-        probe_batch_size: int = 8,
-        verify_hash: bool = True,
-        hf_cache_dir: str | None = None,
-        mini: Mapping[str, Any] | None = None,
-        published: Mapping[str, Any] | None = None,
-        *,
-        data: Mapping[str, Any] | None = None,
-        workdir: str | None = None,
-    ):
-        super().__init__(data=data, workdir=workdir)
-        check_choice("source", source, SOURCES)
-        check_choice("dtype", dtype, DTYPES)
-        check_range("probe_batch_size", probe_batch_size, 1)
-        self.source_kind = source
-        self.deduped = bool(deduped)
-        sizes = [size] if isinstance(size, str) else (list(size) if size is not None else None)
-        if source == "hub":
-            sizes = sizes or ["160m"]
-            for s in sizes:
-                check_choice("size", s, list(S.SIZES))
-                if self.deduped and not S.SIZES[s].deduped:
-                    raise ParameterError("deduped", deduped, f"false for size {s} (no -deduped variant)")
-        if source == "published":
+    class Params(Params):
+        size: list[str] | None = param(None, "hub: 14m|31m|70m|160m|410m|1b|1.4b|2.8b|6.9b|12b or a list (null = "
+                                       "160m); local/mini: filter (null = all)")
+        deduped: bool = param(False, "hub: the -deduped variants (not for 14m/31m)")
+        source: str = param("hub", "hub | local | mini | published (the published scores only, no weights)",
+                            choices=SOURCES)
+        root: str | None = param(None, "source=local: directory holding <model_id>/step<N>/ (config.json, "
+                                 "model.safetensors, tokenizer)")
+        models: list[str] | None = param(None, "local/mini: model ids (glob patterns) to keep; null = every model "
+                                         "found under root")
+        revisions: list[int] | None = param(None, "restrict to these steps (ints or \"stepN\"); null = all; then "
+                                            "`checkpoints=` selects", convert=_revisions,
+                                            allowed="null or steps as integers or 'stepN'")
+        dtype: str = param("float32", "float32 | float16 | bfloat16 (model weights as loaded)", choices=DTYPES)
+        device: str = param("cpu", "cpu | cuda")
+        modules: Any = param("pico", "default tensor set of the delta/gradient/weights fields: pico | matrices | "
+                             "all | a list of glob patterns", convert=_modules,
+                             allowed="pico, matrices, all, or a list of glob patterns")
+        probe_batch_size: int = param(8, "sequences (data.seq_len tokens) in the gradient probe batch of Hub "
+                                      "checkpoints", ge=1)
+        verify_hash: bool = param(True, "local: sha256 of the weights (duplicate-revision check); hub uses the "
+                                  "Hub's LFS sha256")
+        hf_cache_dir: str | None = param(None, "Hugging Face cache (null = HF_HOME's)")
+        mini: dict[str, Any] = param({"sizes": ["xs", "s", "m", "l"], "steps": 120, "checkpoint_every": 40},
+                                     "source=mini: parameters of `python -m harness.build suite=pythia_mini`",
+                                     convert=lambda v: {} if v is None else v)
+        published: dict[str, Any] = param(
+            {"join": True, "tasks": ["lambada_openai", "piqa", "winogrande", "wsc", "arc_easy", "arc_challenge",
+                                     "sciq", "logiqa"], "primary": "lambada_openai/acc"},
+            "EleutherAI's published zero-shot lm-eval scores: join (to standard checkpoints at published steps), "
+            "tasks (list, globs or all), primary (task/metric the leaderboard ranks by)",
+            convert=lambda v: {} if v is None else v)
+
+        def check(self) -> None:
+            """Hub sizes exist (and have -deduped variants when asked); a local root exists;
+            published scores exist only for the standard models."""
+            if self.source == "published":
+                from . import published as P
+
+                for s in self.size or list(P.SIZES):
+                    check_choice("size", s, list(P.SIZES))
+                if self.deduped:
+                    raise ParameterError("deduped", self.deduped, "false with source=published (only the standard "
+                                         "models' scores are published)")
+            if self.source == "hub":
+                for s in self.size or ["160m"]:
+                    check_choice("size", s, list(S.SIZES))
+                    if self.deduped and not S.SIZES[s].deduped:
+                        raise ParameterError("deduped", self.deduped, f"false for size {s} (no -deduped variant)")
+            if self.source == "local" and (not self.root or not Path(str(self.root)).expanduser().is_dir()):
+                raise ParameterError("root", self.root, "an existing directory (required with source=local)")
+
+    def __init__(self, **kw: Any):
+        super().__init__(**kw)
+        self.source_kind = self.source
+        self.sizes = (self.size or ["160m"]) if self.source == "hub" else self.size
+        if self.source == "published":
             from . import published as P
 
-            sizes = sizes or list(P.SIZES)
-            for s in sizes:
-                check_choice("size", s, list(P.SIZES))
-            if self.deduped:
-                raise ParameterError("deduped", deduped, "false with source=published (only the standard "
-                                     "models' scores are published)")
+            self.sizes = self.size or list(P.SIZES)
             self.has_weights = False  # the published numbers only: checkpoint metrics are skipped
-        self.published = self._published_params(published)
-        self.sizes = sizes
-        if source == "local":
-            if not root or not Path(str(root)).expanduser().is_dir():
-                raise ParameterError("root", root, "an existing directory (required with source=local)")
-        self.root = Path(str(root)).expanduser() if root else None
-        self.models = [models] if isinstance(models, str) else (list(models) if models else None)
-        self.revisions = None if revisions is None else sorted({_step_of(r) for r in revisions})
-        self.dtype, self.device = dtype, device
-        if isinstance(modules, str):
-            from .modules import KINDS
-
-            if modules not in KINDS and not any(c in modules for c in "*?[."):
-                raise ParameterError("modules", modules, "pico, matrices, all, or a list of glob patterns")
-        self.modules = modules
-        self.probe_batch_size = int(probe_batch_size)
-        self.verify_hash = bool(verify_hash)
-        self.hf_cache_dir = hf_cache_dir
-        self.mini = dict(mini or {})
+        self.published = self._published_params(self.published)
+        self.root = Path(str(self.root)).expanduser() if self.root else None
+        self.models = self.models or None
+        self.mini = dict(self.mini)
         self._source: Any = None
         self._last_loaded: dict[str, CheckpointRef] = {}
         self._hashes: dict[str, dict[int, str]] = {}
@@ -202,8 +202,8 @@ class PythiaFamily(ModelFamily):
             from .build import build
 
             params = dict(self.mini)
-            if self.workdir is not None:  # the runner's cache (cache_dir/families/pythia)
-                params.setdefault("cache_dir", str(self.workdir))
+            if self.cache_root is not None:  # where `python -m harness.build suite=pythia_mini` builds
+                params.setdefault("cache_dir", str(self.cache_root))
             self.root = build(**params)
             self._source = LocalSource(self.root)
         return self._source
@@ -231,10 +231,14 @@ class PythiaFamily(ModelFamily):
                     refs.append(self._ref(model_id, size, step, S.tokens_seen(step), S.learning_rate(size, step),
                                           S.n_params(size)))
             return refs
+        present_sizes: set[str] = set()
+        present_steps: set[int] = set()
         for model_id, steps in src.list_models().items():
             if self.models and not any(fnmatch.fnmatchcase(model_id, p) for p in self.models):
                 continue
             info = self._model_info(model_id, steps)
+            present_sizes.add(str(info["size"]))
+            present_steps |= set(steps)
             if self.sizes and info["size"] not in self.sizes:
                 continue
             # a step directory without config.json, or a revision the builder promised
@@ -256,7 +260,20 @@ class PythiaFamily(ModelFamily):
                 tps = info.get("tokens_per_step")
                 refs.append(self._ref(model_id, info["size"], step, step * tps if tps else None,
                                       info["lr_fn"](step) if info.get("lr_fn") else None, info.get("n_params")))
+        self._check_present(present_sizes, present_steps)
         return refs
+
+    def _check_present(self, sizes: set[str], steps: set[int]) -> None:
+        """A requested size or revision the local suite does not hold is an error listing what it holds."""
+        where = f"under {self.root}" if self.root else "in the suite"
+        absent = [s for s in (self.sizes or []) if str(s) not in sizes]
+        if absent:
+            raise ParameterError("size", absent, f"sizes present {where}: {', '.join(sorted(sizes)) or 'none'}")
+        if self.revisions is not None:
+            missing = sorted(set(self.revisions) - steps)
+            if missing:
+                raise ParameterError("revisions", missing,
+                                     f"steps present {where}: {', '.join(map(str, sorted(steps))) or 'none'}")
 
     def _keep(self, steps: Iterable[int]) -> list[int]:
         return [s for s in steps if self.revisions is None or s in self.revisions]
@@ -468,10 +485,3 @@ def _published_describe() -> dict[str, Any]:
     from . import published as P
 
     return P.describe()
-
-
-def _step_of(r: int | str) -> int:
-    m = re.fullmatch(r"(?:step)?(\d+)", str(r).strip())
-    if not m:
-        raise ParameterError("revisions", r, "steps as integers or 'stepN'")
-    return int(m[1])

@@ -1,6 +1,6 @@
 """Facts about the public Pythia suite: sizes, the 154 checkpoint steps, tokens and learning
-rate per step, parameter counts. Source: ``/work/shared/research/pico_pythia.md`` section 4
-(EleutherAI/pythia README and ``models/*.yml`` at commit a19eecb), not memory.
+rate per step, parameter counts. Source: the EleutherAI/pythia README and its
+``models/*.yml`` configs at commit a19eecb (Biderman et al. 2023), not memory.
 
     >>> steps()[:4], len(steps()), steps()[-1]
     ([0, 1, 2, 4], 154, 143000)

@@ -14,8 +14,9 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from harness.api import Checkpoint, CheckpointRef, ModelFamily, check_choice, check_range
+from harness.api import Checkpoint, CheckpointRef, FieldUnavailable, ModelFamily
 from harness.delta import delta_field, offers_delta
+from harness.params import Params, param
 from harness.lm import select_names
 from harness.weights import TensorWeights
 from harness_plugins.models.toy_softmax.train import ToyConfig, TrainResult, checkpoint_steps, rms_normalise, train
@@ -25,56 +26,32 @@ logger = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 
 
-def _as_list(value: Any) -> list[Any]:
-    if isinstance(value, (list, tuple)):
-        return list(value)
-    return [value]
-
-
 class ToySoftmaxFamily(ModelFamily):
     """Teacher-student linear softmax head learning a peaked target (the one-third time-scaling model)."""
 
     name = "toy_softmax"
 
-    def __init__(
-        self,
-        *,
-        d: int = 32,
-        vocab: int = 128,
-        temperature: float | Sequence[float] = 1e-3,
-        optimizer: str = "sgd",
-        lr: float | Sequence[float] = 30.0,
-        lr_schedule: str = "constant",
-        batch_size: int = 1024,
-        steps: int = 2000,
-        seeds: int | Sequence[int] = 0,
-        n_checkpoints: int = 24,
-        eval_batches: int = 4,
-        device: str = "cpu",
-        data: dict[str, Any] | None = None,
-        workdir: str | None = None,
-    ):
-        super().__init__(data=data, workdir=workdir)
-        check_range("d", d, 1)
-        check_range("vocab", vocab, 2)
-        self.temperatures = [float(t) for t in _as_list(temperature)]
-        for t in self.temperatures:
-            check_range("temperature", t, 0, low_inclusive=False)
-        check_choice("optimizer", optimizer, ("sgd", "adam"))
-        self.lrs = [float(x) for x in _as_list(lr)]
-        for x in self.lrs:
-            check_range("lr", x, 0, low_inclusive=False)
-        check_choice("lr_schedule", lr_schedule, ("constant", "cosine"))
-        check_range("batch_size", batch_size, 1)
-        check_range("steps", steps, 1)
-        check_range("n_checkpoints", n_checkpoints, 1)
-        check_range("eval_batches", eval_batches, 1)
-        self.seeds = [int(s) for s in _as_list(seeds)]
-        self.d, self.vocab, self.optimizer, self.lr_schedule = int(d), int(vocab), optimizer, lr_schedule
-        self.batch_size, self.steps, self.n_checkpoints = int(batch_size), int(steps), int(n_checkpoints)
-        self.n_eval = int(eval_batches)
-        self.device = device
-        self.data_seed = int((data or {}).get("seed", 1234))
+    class Params(Params):
+        d: int = param(32, "input dimension", ge=1)
+        vocab: int = param(128, "number of classes V", ge=2)
+        temperature: list[float] = param([1e-3, 1e-2, 1e-1], "teacher temperature T (small = peaked); float or "
+                                         "list", gt=0)
+        optimizer: str = param("sgd", "sgd | adam", choices=("sgd", "adam"))
+        lr: list[float] = param([30.0], "learning rate (float or list)", gt=0)
+        lr_schedule: str = param("constant", "constant | cosine (to 10%); tau = cumulative lr either way",
+                                 choices=("constant", "cosine"))
+        batch_size: int = param(1024, "fresh batch every step", ge=1)
+        steps: int = param(2000, "optimiser steps", ge=1)
+        seeds: list[int] = param([0], "int or list")
+        n_checkpoints: int = param(24, "log-spaced checkpoint grid (plus step 0)", ge=1)
+        eval_batches: int = param(4, "held-out batches of batch_size for the `loss` metric", ge=1)
+        device: str = param("cpu", "where the configurations train", in_config=False)
+
+    def __init__(self, **kw: Any):
+        super().__init__(**kw)
+        self.temperatures, self.lrs = self.temperature, self.lr
+        self.n_eval = self.eval_batches
+        self.data_seed = int(self.data.get("seed", 1234))
         self.configs = [
             ToyConfig(t, lr, s) for t, lr, s in itertools.product(self.temperatures, self.lrs, self.seeds)
         ]
@@ -200,7 +177,7 @@ class ToySoftmaxCheckpoint(Checkpoint):
 
     def eval_batches(self, split: str = "val") -> list[torch.Tensor]:
         if split not in ("val", "train"):
-            raise NotImplementedError(f"toy_softmax has splits 'val' and 'train', not {split!r}")
+            raise FieldUnavailable(f"toy_softmax has splits 'val' and 'train', not {split!r}")
         seed = self.family.configs[self.index].seed + (0 if split == "val" else 7919)
         if split != "val":
             return self.family.eval_inputs(seed)
@@ -227,6 +204,7 @@ class ToySoftmaxCheckpoint(Checkpoint):
 
     # -- fields ---------------------------------------------------------------------------
     def field_kinds(self) -> tuple[str, ...]:
+        """weights and gradient always; delta when there is a previous selected checkpoint."""
         return ("weights", "delta", "gradient") if offers_delta(self) else ("weights", "gradient")
 
     def field(self, kind: str, modules: Sequence[str] | None = None) -> Iterator[tuple[str, torch.Tensor]]:
