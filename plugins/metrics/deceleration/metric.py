@@ -146,7 +146,7 @@ class DecelerationMetric(Metric):
         self.cfg = self.params
 
     # ---- the input curve ------------------------------------------------------------------
-    def curve(self, ctx: TrajectoryContext) -> tuple[pd.DataFrame, str, Any]:
+    def loss_curve(self, ctx: TrajectoryContext) -> tuple[pd.DataFrame, str, Any]:
         """The run's curve as a DataFrame (``step``, ``x``, ``loss``) sorted by step, the
         source it came from (``history`` or ``records``) and the `harness.curves.Curve`
         (drop counts, reason when empty)."""
@@ -197,7 +197,7 @@ class DecelerationMetric(Metric):
         )
 
     def measure_trajectory(self, ctx: TrajectoryContext) -> Iterator[Measurement]:
-        curve, source, cur = self.curve(ctx)
+        curve, source, cur = self.loss_curve(ctx)
         unit = "tokens" if self.cfg["x"] == "tokens_seen" else "steps"
         if len(curve) == 0:
             reason = cur.reason or f"no loss curve for {ctx.model_id!r}"
