@@ -34,7 +34,7 @@ import typing
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
-__all__ = ["Params", "param", "ParamSpec", "parameter_table"]
+__all__ = ["Params", "param", "ParamSpec", "hashed_values", "parameter_table"]
 
 _MISSING = dataclasses.MISSING
 
@@ -54,6 +54,7 @@ class ParamSpec:
     convert: Callable[[Any], Any] | None = None
     allowed: str | None = None
     in_config: bool = True
+    hash_default: bool = True
 
     def describe(self, annotation: Any) -> str:
         """The allowed values in words (also the docs' "allowed" column)."""
@@ -96,6 +97,7 @@ def param(
     convert: Callable[[Any], Any] | None = None,
     allowed: str | None = None,
     in_config: bool = True,
+    hash_default: bool = True,
 ) -> Any:
     """Declare one parameter: its default, a one-line doc, and what values it allows.
 
@@ -105,11 +107,13 @@ def param(
     raise `ValueError`/`TypeError` for a bad value); ``allowed`` words the allowed values for
     errors and docs. ``in_config=False`` marks a parameter the shipped YAML does not spell out
     (adding a key to a shipped config would change the config hash, so the record ids, of
-    existing results); the YAML check skips it.
+    existing results); the YAML check skips it. ``hash_default=False`` marks a parameter added
+    after results existed: while it has its default it is left out of the config hash (see
+    `hashed_values`), so results roots written before it existed still resume.
     """
     spec = ParamSpec(doc, ge, gt, le, lt, tuple(choices) if choices is not None else None,
                      tuple(item_choices) if item_choices is not None else None, min_len, convert, allowed,
-                     in_config)
+                     in_config, hash_default)
     meta = {"harness": spec}
     if isinstance(default, (list, dict, set)):
         return dataclasses.field(default_factory=lambda d=default: _copy(d), metadata=meta)
@@ -175,6 +179,25 @@ class Params:
     def as_dict(self) -> dict[str, Any]:
         """The validated values as plain Python (JSON-able for JSON-able inputs)."""
         return {n: _copy(getattr(self, n)) for n in type(self).names()}
+
+
+def hashed_values(params: type[Params], values: Mapping[str, Any]) -> dict[str, Any]:
+    """The config values that identify a configuration: ``values`` less the parameters declared
+    ``hash_default=False`` that sit at their default (the input of the config hash)."""
+    if not isinstance(params, type) or not issubclass(params, Params) or params is Params:
+        return dict(values)
+    defaults = params.defaults()
+    out = {}
+    for key, value in values.items():
+        spec = params.__harness_fields__.get(key, (None, None))[1]
+        if spec is not None and not spec.hash_default:
+            try:
+                if _copy(_validate(key, value, params.__harness_fields__[key][0], spec)) == defaults[key]:
+                    continue
+            except Exception:  # an invalid value is refused elsewhere; hash it as given
+                pass
+        out[key] = value
+    return out
 
 
 def parameter_table(params: type[Params]) -> str:

@@ -43,6 +43,7 @@ from harness.api import (
 )
 from harness.guards import FiniteFields, NonFiniteFieldError, guard_fields  # noqa: F401 (re-exported)
 from harness.progress import make_progress
+from harness.params import hashed_values
 from harness.provenance import config_hash, git_state, package_versions, stable_id
 from harness.unit_claims import CLAIMS_DIR, Claims
 from harness.records import MixedConfigurationError, RowSource, measurement_rows, one_configuration
@@ -179,7 +180,8 @@ class Runner:
         self.metrics = build_metrics(spec.metrics, spec.trusted_targets)
         selection.validate(spec.checkpoints)
         self.model_hash = config_hash({"name": spec.model_name, **spec.model, "data": spec.data})
-        self.metric_hashes = {n: config_hash(p) for n, p in spec.metrics.items()}
+        self.metric_hashes = {n: config_hash(hashed_values(type(self.metrics[n]).Params, p)) if n in self.metrics
+                              else config_hash(p) for n, p in spec.metrics.items()}
         self.artifact_root = spec.run_root / "artifacts"
         sha, dirty = git_state()
         self.provenance = {

@@ -50,7 +50,8 @@ class TimeScalingMetric(Metric):
         max_loss_drop: float = param(1e-5, "power_law flag: a loss below this fraction of its start was learned "
                                      "exactly", ge=0, le=1)
         curve: str = param("loss:loss", "the recorded series to fit, metric:measure[:task] (see harness/curves.py)",
-                           convert=_curve_selector, allowed="metric:measure or metric:measure:task")
+                           convert=_curve_selector, allowed="metric:measure or metric:measure:task",
+                           hash_default=False)  # added later: old results roots still resume
 
     def __init__(self, **params: Any):
         super().__init__(**params)
