@@ -47,3 +47,6 @@ def run_harness(*overrides: str, cwd: Path | None = None, env: dict[str, str] | 
 
 TINY_TOY = ("model.steps=60", "model.n_checkpoints=6", "model.batch_size=128", "model.eval_batches=1",
             "print_config=false")
+
+#: the outside-plugin fixture's own tests run in its own environment (tests/test_outside_plugin.py)
+collect_ignore = ["fixtures"]

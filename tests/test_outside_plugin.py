@@ -62,3 +62,17 @@ def test_non_editable_install_finds_conf(tmp_path):
     res = subprocess.run([sys.executable, "-c", code], cwd=elsewhere, capture_output=True, text=True,
                          env={"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin"}, timeout=120)
     assert res.returncode == 0 and "ok" in res.stdout, res.stderr[-3000:]
+
+
+def test_outside_package_passes_the_conformance_suite(tmp_path):
+    """The fixture's tests/test_contract.py subclasses harness.testing.MetricContract: run it the
+    way the package's author would, with the package (and its entry points) on the path."""
+    site = tmp_path / "site"
+    shutil.copytree(FIXTURE, site, ignore=shutil.ignore_patterns("pyproject.toml", "__pycache__"))
+    import os
+
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(site / "tests")],
+                         cwd=site, env=env, capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-2000:]
+    assert "passed" in res.stdout and "failed" not in res.stdout
