@@ -110,7 +110,7 @@ class UnknownParameterError(ParameterError):
         msg = f"unknown parameter '{key}'" + (f" of {owner}" if owner else "")
         if close:
             msg += " (did you mean: " + ", ".join(f"{prefix}.{c}" if prefix else c for c in close) + "?)"
-        msg += f"; its parameters: {', '.join(self.known) or '(none)'}"
+        msg += f"; allowed parameters: {', '.join(self.known) or '(none)'}"
         HarnessError.__init__(self, msg)
 
     def with_prefix(self, prefix: str) -> ParameterError:
