@@ -523,8 +523,13 @@ class Metric:
             return self.measure(ctx)  # type: ignore[attr-defined]  # the old contract (see __init_subclass__)
         return getattr(self, f"measure_{Scope(scope).value}")(ctx)
 
-    def plots(self, records: pd.DataFrame, out_dir: Path) -> list[Path]:
-        """Optional: draw this metric's figures from its records; return the files."""
+    @classmethod
+    def plots(cls, records: pd.DataFrame, out_dir: Path) -> list[Path]:
+        """Optional: draw this metric's figures from its records; return the files.
+
+        A pure function of records: the report calls it on the class, never on an instance built
+        with (default) parameters, so a figure can only show what the records say.
+        """
         return []
 
 

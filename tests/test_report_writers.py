@@ -76,7 +76,11 @@ def test_plugin_plots_are_called_and_embedded(tmp_path):
     class DrawMetric(Metric):
         name = "obs"
 
-        def plots(self, records, out_dir):
+        def __init__(self, **params):  # the report must never build a metric to draw it
+            raise AssertionError("plots() is a pure function of records: the class is not instantiated")
+
+        @classmethod
+        def plots(cls, records, out_dir):
             calls.append(sorted(records["metric"].unique()))
             import matplotlib
 

@@ -81,11 +81,11 @@ def plugin_plots(frame: pd.DataFrame, out_dir: Path) -> list[Path]:
             cls = reg.get(name)
             from harness.api import Metric
 
-            if getattr(cls, "plots", Metric.plots) is Metric.plots:
+            if getattr(cls.plots, "__func__", None) is Metric.plots.__func__:
                 continue  # the base class draws nothing
             sub = out_dir / name
             sub.mkdir(parents=True, exist_ok=True)
-            out = cls().plots(frame[frame["metric"] == name].reset_index(drop=True), sub)
+            out = cls.plots(frame[frame["metric"] == name].reset_index(drop=True), sub)
             files += [Path(p) for p in (out or [])]
         except Exception as exc:  # noqa: BLE001 (a plugin's figure must not break the report)
             logger.warning("metric %s: plots() failed: %s", name, exc)

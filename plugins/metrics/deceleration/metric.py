@@ -259,11 +259,12 @@ class DecelerationMetric(Metric):
             logger.warning("could not write the deceleration artifact for %s: %s", ctx.model_id, exc)
 
     # ---- plots ---------------------------------------------------------------------------------
-    def plots(self, records: pd.DataFrame, out_dir: Path) -> list[Path]:
+    @classmethod
+    def plots(cls, records: pd.DataFrame, out_dir: Path) -> list[Path]:
         """One figure per run: the fitted points, the fitted law out to the target, t_d."""
         from .plots import plot_fits
 
-        return plot_fits(records, Path(out_dir), metric=self.name)
+        return plot_fits(records, Path(out_dir), metric=cls.name)
 
 
 def _f(v: float) -> float | None:

@@ -353,7 +353,8 @@ class SubspaceMetric(Metric):
         for k in self.ks:
             yield Measurement("overlap_chance", k / P, task=f"k={k}", extra=extra)
 
-    def plots(self, records: pd.DataFrame, out_dir: Path) -> list[Path]:
+    @classmethod
+    def plots(cls, records: pd.DataFrame, out_dir: Path) -> list[Path]:
         """f_top and subspace overlap against step, one figure per model (see `plots`)."""
         from .plots import draw
 

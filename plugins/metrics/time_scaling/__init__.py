@@ -161,14 +161,15 @@ class TimeScalingMetric(Metric):
             return False, f"local slopes vary by a factor {ratio:.2f} > {self.max_slope_ratio}"
         return True, f"local slopes within a factor {ratio:.2f}"
 
-    def plots(self, records, out_dir):
+    @classmethod
+    def plots(cls, records, out_dir):
         """Loss against tau on log-log axes with the fitted power law, one panel per model."""
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        fits = records[(records["metric"] == self.name) & (records["measure"] == "alpha") & (records["status"] == "ok")]
+        fits = records[(records["metric"] == cls.name) & (records["measure"] == "alpha") & (records["status"] == "ok")]
         if fits.empty:
             return []
         fig, ax = plt.subplots(figsize=(6, 4))
@@ -179,7 +180,7 @@ class TimeScalingMetric(Metric):
             if not len(tau):
                 continue
             line = ax.loglog(tau, loss, ".", label=f"{r['model_id']} (alpha={r['value']:.3f})")[0]
-            params = records[(records["model_id"] == r["model_id"]) & (records["metric"] == self.name)]
+            params = records[(records["model_id"] == r["model_id"]) & (records["metric"] == cls.name)]
             p = dict(zip(params["measure"], params["value"]))
             if "c" in p and "L0" in p:
                 ax.loglog(tau, p["c"] * tau ** (-r["value"]) + p["L0"], "-", color=line.get_color())
