@@ -105,6 +105,7 @@ class Curve:
 
     @property
     def empty(self) -> bool:
+        """True when no usable point is left after cleaning."""
         return len(self.step) == 0
 
     def __len__(self) -> int:
