@@ -313,6 +313,8 @@ def _evaluate(frame: pd.DataFrame, claim: Mapping[str, Any]) -> Verdict:
                          & (ref_rows["task"].fillna("") == (r["task"] if isinstance(r["task"], str) else ""))]
             ref = float(m["value"].iloc[0]) if len(m) else None
         status, why = _one(test, claim, v, r.get("stderr"), ref)
+        if test == "equals" and isinstance(r.get("message"), str) and r["message"]:
+            why += f" ({r['message']})"  # a flag's value says little without its metric's reason
         results.append((status, why, r, v))
     quant = claim.get("quantifier", "all")
     statuses = [s for s, *_ in results]
