@@ -46,10 +46,9 @@ class ToySoftmaxFamily(ModelFamily):
         n_checkpoints: int = param(24, "log-spaced checkpoint grid (plus step 0)", ge=1)
         eval_batches: int = param(4, "held-out batches of batch_size for the `loss` metric", ge=1)
         device: str = param("cpu", "where the configurations train", in_config=False)
-        threads: int | None = param(1, "torch intra-op threads of this process once the family prepares (null = "
-                                    "torch's default); the toy's tensors are small: measured on the shared "
-                                    "2-core machine, 2 threads made a training step 8x slower (196 vs 23 ms)",
-                                    ge=1, in_config=False)
+        threads: int = param(1, "torch threads while training and, process-wide, for the metrics that measure "
+                             "its checkpoints (0 = torch's default); 1: small ops, a second thread is 8-40x "
+                             "slower on a busy machine", ge=0, hash_default=False)
 
     def __init__(self, **kw: Any):
         super().__init__(**kw)
@@ -86,8 +85,10 @@ class ToySoftmaxFamily(ModelFamily):
     def prepare(self) -> None:
         if self._result is not None:
             return
-        if self.threads is not None and torch.get_num_threads() != self.threads:
-            torch.set_num_threads(self.threads)  # process-wide: the metrics that follow run on these tensors too
+        if self.threads and torch.get_num_threads() != self.threads:
+            # process-wide: the metrics that follow measure these small tensors too (a warm run's
+            # loss evaluation was 0.6 s per checkpoint with 2 threads on the busy 2 cores, profiled)
+            torch.set_num_threads(self.threads)
         cache = self.workdir / self._train_key() if self.workdir else None
         if cache and (cache / "trained.safetensors").exists():
             self._result = self._load_cache(cache)
@@ -97,7 +98,7 @@ class ToySoftmaxFamily(ModelFamily):
         self._result = train(
             self.configs, d=self.d, vocab=self.vocab, steps=self.steps, batch_size=self.batch_size,
             optimizer=self.optimizer, ckpt_steps=checkpoint_steps(self.steps, self.n_checkpoints),
-            lr_schedule=self.lr_schedule, device=self.device,
+            lr_schedule=self.lr_schedule, device=self.device, threads=self.threads,
         )
         if cache:
             self._save_cache(cache, self._result)
