@@ -449,6 +449,8 @@ def _evaluate(frame: pd.DataFrame, claim: Mapping[str, Any]) -> Verdict:
             continue
         ref = _ref_value(ref_rows, r)
         status, why = _one(test, claim, v, r.get("stderr"), ref)
+        if test == "equals" and isinstance(r.get("message"), str) and r["message"]:
+            why += f" ({r['message']})"  # a flag's value says little without its metric's reason
         results.append((status, why, r, v))
     quant = claim.get("quantifier", "all")
     statuses = [s for s, *_ in results]
