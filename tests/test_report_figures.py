@@ -157,3 +157,17 @@ def test_time_scaling_draws_the_fit_of_every_power_law(figures, tmp_path):
     fit_a = _fit_lines(fig)[0]
     x, y = fit_a.get_data()
     assert np.allclose(y, 5.0 * np.asarray(x) ** -0.35)  # the fitted law itself, with the fixed L0 = 0
+
+
+def test_subspace_figure_is_readable(figures, tmp_path):
+    rows = []
+    for step in (0, 10, 100):
+        common = dict(family="toy", model_id="toy/a", size="s", step=step, status="ok", scope="checkpoint",
+                      run_id="r", seed=0, metric="subspace", task="k=10")
+        for measure, v in (("f_top", 0.3), ("f_top_chance", 0.03), ("overlap_previous", 0.8), ("overlap_chance", 0.03)):
+            rows.append(normalise({**common, "measure": measure, "value": v}))
+    from harness_plugins.metrics.subspace.metric import SubspaceMetric
+
+    SubspaceMetric.plots(to_frame(rows), tmp_path)
+    (fig,) = figures
+    assert_readable(fig)

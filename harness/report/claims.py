@@ -564,7 +564,8 @@ def rich_claims(table: Any, title: str = "claims (this run's verdict on the pape
         return rt
     colour = {HOLDS: "green", FAILS: "red", UNTESTABLE: "yellow"}
     for c in table.display.columns:
-        rt.add_column(str(c), justify="left", overflow="fold", ratio=3 if c in ("claim", "why") else 2)
+        rt.add_column(str(c), justify="left", overflow="fold", no_wrap=c == "status",
+                      ratio=3 if c in ("claim", "why") else 1 if c == "status" else 2)
     for row in table.display.itertuples(index=False):
         cells = [escape("" if v is None else str(v)) for v in row]
         i = list(table.display.columns).index("status")
