@@ -171,3 +171,27 @@ def test_subspace_figure_is_readable(figures, tmp_path):
     SubspaceMetric.plots(to_frame(rows), tmp_path)
     (fig,) = figures
     assert_readable(fig)
+
+
+def _deceleration_records(flagged: bool):
+    x = np.geomspace(10, 1000, 30)
+    fit = {"names": ["b", "c0", "c1", "d1", "f1"], "params": [2.0, 0.2, 0.3, 200.0, 1.0], "n_breaks": 1,
+           "x": x.tolist(), "y": (2.0 * x**-0.2).tolist(), "mode": "robust", "rsle": 0.01, "x_key": "step",
+           "unit": "steps", "target": 1000.0}
+    row = dict(family="toy", model_id="toy/a", size="s", step=1000, status="ok", scope="trajectory", run_id="r",
+               seed=0, metric="deceleration", measure="t_d", value=200.0, extra=json.dumps({"fit": fit}),
+               warning="flagged: planted: no deceleration" if flagged else None)
+    return to_frame([normalise(row)])
+
+
+@pytest.mark.parametrize("flagged", [False, True])
+def test_deceleration_figure_draws_the_law_only_for_an_unflagged_fit(figures, tmp_path, flagged):
+    from harness_plugins.metrics.deceleration.metric import DecelerationMetric
+
+    DecelerationMetric.plots(_deceleration_records(flagged), tmp_path)
+    (fig,) = figures
+    labels = [t.get_text() for leg in fig.legends for t in leg.get_texts()]
+    has_law = any(lab.startswith("BNSL fit") for lab in labels)
+    assert has_law is not flagged, labels
+    assert any("planted: no deceleration" in lab for lab in labels) is flagged
+    assert_readable(fig)
