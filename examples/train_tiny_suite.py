@@ -1,4 +1,4 @@
-"""Train a tiny suite of three GPT-NeoX widths with transformers' Trainer, recording learning dynamics.
+"""Train a tiny suite of four GPT-NeoX widths with transformers' Trainer, recording learning dynamics.
 
     python examples/train_tiny_suite.py
     python -m harness model=local_run model.root=runs/suite 'metric=[interference,deceleration,transport]'
@@ -18,7 +18,7 @@ train = fixed_batches(blocks, n_batches=1, batch_size=len(blocks) // 2, seed=0, 
 val = fixed_batches(blocks, n_batches=1, batch_size=16, seed=0, split="val", dataset_id=corpus.dataset_id)
 ds = [{"input_ids": r, "labels": r} for r in train.batches[0]]
 
-for width in (32, 64, 128):                                         # 3 sizes: transport needs >= 3
+for width in (32, 64, 96, 128):       # 4 sizes: transport fits need >= 3, its compressibility tests >= 4
     torch.manual_seed(0)
     model = GPTNeoXForCausalLM(GPTNeoXConfig(
         vocab_size=len(tok), hidden_size=width, num_hidden_layers=2, num_attention_heads=4,

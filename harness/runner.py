@@ -179,7 +179,8 @@ class Runner:
         )
         self.metrics = build_metrics(spec.metrics, spec.trusted_targets)
         selection.validate(spec.checkpoints)
-        self.model_hash = config_hash({"name": spec.model_name, **spec.model, "data": spec.data})
+        self.model_hash = config_hash({"name": spec.model_name, **hashed_values(type(self.family).Params, spec.model),
+                                       "data": spec.data})
         self.metric_hashes = {n: config_hash(hashed_values(type(self.metrics[n]).Params, p)) if n in self.metrics
                               else config_hash(p) for n, p in spec.metrics.items()}
         self.artifact_root = spec.run_root / "artifacts"

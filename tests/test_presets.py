@@ -86,17 +86,6 @@ def test_preset_smoke(preset, tmp_path):
     assert rows, f"no relation row for a {dynamics} observable"
 
 
-def test_online_only_preset_offline_is_one_line_naming_the_offline_variant(tmp_path):
-    proc = run_harness("experiment=pico_transport", f"results_dir={tmp_path}", "print_config=false",
-                       env={"HF_HUB_OFFLINE": "1"}, timeout=300)
-    assert proc.returncode == 2, proc.stdout[-1000:] + proc.stderr[-2000:]
-    assert "Traceback" not in proc.stderr
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, proc.stderr
-    assert "HF_HUB_OFFLINE" in lines[0] and "experiment=pico_transport model.source=local model.size=null" in lines[0]
-    assert not list(tmp_path.rglob("records*.jsonl"))  # failed before any work
-
-
 def test_lm_eval_missing_fails_at_config_time_naming_the_install(monkeypatch):
     import importlib.util
 

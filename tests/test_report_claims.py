@@ -181,3 +181,103 @@ def test_shift_quantifier_all_fails_when_one_model_fails():
     both = frame(*up, *flat)
     assert evaluate(both, {**SHIFT, "alpha": 0.1}).status == FAILS
     assert evaluate(both, {**SHIFT, "alpha": 0.1, "quantifier": "any"}).status == HOLDS
+
+# ---- differs: a departure from a reference (e.g. real minus null), z-test with BH ------------------
+
+
+def _departures(rng, mean, se, steps):
+    return frame(*[rec("tr", "D_departure", float(rng.normal(mean, se)), step=s, task="R1", stderr=se)
+                   for s in steps])
+
+
+DIFFERS = {"series": "tr:D_departure:R1", "test": "differs", "at": "all", "quantifier": "any"}
+
+
+def test_differs_detects_a_planted_departure_and_names_its_p_value():
+    import numpy as np
+
+    f = _departures(np.random.default_rng(0), 0.3, 0.05, range(0, 120, 20))
+    v = evaluate(f, DIFFERS)
+    assert v.status == HOLDS and "q = " in v.reason and "depart (BH over 6)" in v.reason
+    assert evaluate(f, {**DIFFERS, "quantifier": "all"}).status == HOLDS
+
+
+def test_differs_under_a_planted_null_rejects_at_about_alpha_and_says_indistinguishable():
+    import numpy as np
+
+    from harness.report.claims import departure_pvalues
+
+    rng = np.random.default_rng(1)
+    se = rng.uniform(0.01, 0.2, size=4000)
+    p, _ = departure_pvalues(rng.normal(0, se), se)
+    assert 0.04 <= np.mean(p <= 0.05) <= 0.06  # nominal 0.05; binomial sd over 4000 draws ~0.0035
+    # six steps, BH, `any`: under the global null BH keeps the chance of any rejection at <= alpha
+    anyrej = [departure_pvalues(rng.normal(0, 0.05, 6), np.full(6, 0.05))[1].min() <= 0.05 for _ in range(2000)]
+    assert np.mean(anyrej) <= 0.06
+    # and through the claim: a null draw that does not reject reads "indistinguishable"
+    for _ in range(20):
+        v = evaluate(_departures(rng, 0.0, 0.05, [100]), {**DIFFERS, "at": "last"})
+        if v.status == FAILS:
+            assert "indistinguishable from 0" in v.reason and "p = " in v.reason
+            break
+    else:
+        raise AssertionError("20 null draws all rejected")
+
+
+def test_differs_against_a_reference_series_and_without_a_stderr():
+    f2 = frame(rec("tr", "D", 1.30, stderr=0.02), rec("tr", "D0", 1.00))
+    assert evaluate(f2, {"series": "tr:D", "ref": "tr:D0", "test": "differs"}).status == HOLDS
+    f3 = frame(rec("tr", "D", 1.01, stderr=0.02), rec("tr", "D0", 1.00))
+    assert evaluate(f3, {"series": "tr:D", "ref": "tr:D0", "test": "differs"}).status == FAILS
+    bare = evaluate(frame(rec("tr", "D_departure", 0.5, task="R1")), DIFFERS)
+    assert bare.status == UNTESTABLE and "stderr" in bare.reason
+
+
+# ---- relates: partial correlation with a performance series, given step and size ------------------
+
+
+def _suite(rng, coupling, sizes=("d16", "d32", "d48", "d64"), steps=range(0, 140, 20)):
+    """An observable and a loss per (size, step): both trend with step and differ by size; the loss
+    depends on the observable's own (step-free) component with weight ``coupling``."""
+    import numpy as np
+
+    rows = []
+    for k, z in enumerate(sizes):
+        for s in steps:
+            own = rng.normal()
+            obs = 0.5 * np.log1p(s) + 0.3 * k + own
+            loss = 5.0 - 0.4 * np.log1p(s) - 0.2 * k + coupling * own + 0.5 * rng.normal()
+            rows.append({**rec("tr", "v_rel", float(obs), step=s, task="real", model=f"m/{z}"), "size": z})
+            rows.append({**rec("loss", "loss", float(loss), step=s, model=f"m/{z}"), "size": z})
+    return frame(*rows)
+
+
+RELATES = {"series": "tr:v_rel:real", "test": "relates", "performance": "loss:loss", "alpha": 0.05}
+
+
+def test_relates_detects_a_planted_relation_beyond_step_and_size():
+    import numpy as np
+
+    v = evaluate(_suite(np.random.default_rng(0), 1.0), {**RELATES, "direction": 1})
+    assert v.status == HOLDS and v.value > 0.5 and v.n == 28
+    assert "given log(1+step) + size dummies" in v.reason
+    wrong = evaluate(_suite(np.random.default_rng(0), 1.0), {**RELATES, "direction": -1})
+    assert wrong.status == FAILS and "needs a negative" in wrong.reason
+
+
+def test_relates_under_a_planted_null_rejects_at_about_alpha_though_both_trend_with_step():
+    import numpy as np
+
+    rng = np.random.default_rng(2)
+    fast = {**RELATES, "n_perm": 999}
+    raw = [evaluate(_suite(rng, 0.0), {**fast, "given": [], "within": None}).status for _ in range(10)]
+    assert np.mean([s == HOLDS for s in raw]) >= 0.8  # the shared step trend alone fools a raw correlation
+    adj = [evaluate(_suite(rng, 0.0), fast).status for _ in range(60)]
+    assert np.mean([s == HOLDS for s in adj]) <= 0.15  # nominal 0.05; binomial sd over 60 draws ~0.03
+
+
+def test_relates_with_too_few_pairs_is_not_testable():
+    import numpy as np
+
+    v = evaluate(_suite(np.random.default_rng(0), 1.0, sizes=("d16",), steps=[0, 20, 40]), RELATES)
+    assert v.status == UNTESTABLE and "3 paired points" in v.reason

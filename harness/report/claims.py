@@ -34,6 +34,20 @@ Tests (``value ± 1.96 stderr`` is the 95% interval when a record has a stderr):
   ``dec:t_d``): the mean after minus the mean before has the sign of ``direction`` with a
   one-sided Mann-Whitney U p-value <= ``alpha`` (default 0.1); fewer than ``min_n`` (default 2)
   points on either side is not testable. ``at`` defaults to ``all`` for this test.
+* ``differs``: a departure test. The value minus ``ref`` (a series at the same model, step and
+  task, times ``factor``; or ``threshold``, default 0, e.g. for a real-minus-null record) over
+  its stderr is a two-sided z-test (p-value); with several rows (``at: all``) the p-values are
+  Benjamini-Hochberg adjusted. Holds when q <= ``alpha`` (default 0.05); otherwise *does not
+  hold*: the value is indistinguishable from the reference at that level. No stderr: not
+  testable (the run gives no interval to test against). ``versus`` names the reference in the
+  verdict's words (e.g. "the permuted-field null").
+* ``relates``: the series against a ``performance`` series (a selector) paired on the record
+  columns ``pair`` (default ``[size, step]``): the partial correlation given ``given`` (numeric
+  columns, log(1+x); default ``[step]``) and, with ``within`` (default ``size``), one dummy per
+  group, with a permutation p-value of the residuals (`harness.report.stats.partial_permutation`).
+  Holds when p <= ``alpha`` (default 0.05) and the sign matches ``direction`` (+1 / -1; 0 or
+  absent = either); fewer than ``min_n`` (default 5) pairs is not testable. ``at`` defaults
+  to ``all`` here (every step is a point).
 
 Several matched models (or steps, with ``at: all``) must *all* pass (``quantifier: all``,
 the default) or one must (``any``). Evaluation never raises: a malformed claim becomes a row
@@ -61,7 +75,7 @@ logger = logging.getLogger(__name__)
 
 HOLDS, FAILS, UNTESTABLE = "holds", "does not hold", "not testable here"
 STATUSES = (HOLDS, FAILS, UNTESTABLE)
-TESTS = ("near", "above", "below", "equals", "trend", "shift")
+TESTS = ("near", "above", "below", "equals", "trend", "differs", "relates", "shift")
 Z95 = 1.959963984540054
 #: exact permutations up to this many points, a seeded Monte Carlo of 20000 above
 EXACT_MAX = 8
@@ -301,6 +315,128 @@ def _shift(spec: Mapping[str, Any], frame: pd.DataFrame, rows: pd.DataFrame) -> 
                    where=decide[2])
 
 
+def _bh(p: Sequence[float]) -> np.ndarray:
+    """Benjamini-Hochberg adjusted p-values (scipy's, NaN-safe)."""
+    from scipy.stats import false_discovery_control
+
+    p = np.asarray(p, float)
+    out = np.full(p.shape, np.nan)
+    ok = np.isfinite(p)
+    if ok.any():
+        out[ok] = false_discovery_control(p[ok])
+    return out
+
+
+def departure_pvalues(diffs: Sequence[float], stderrs: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    """Two-sided normal p-values of ``diff / stderr`` and their BH adjustment (= p for one row)."""
+    from scipy.stats import norm
+
+    z = np.asarray(diffs, float) / np.asarray(stderrs, float)
+    p = 2 * norm.sf(np.abs(z))
+    return p, (_bh(p) if p.size > 1 else p)
+
+
+def _differs(spec: Mapping[str, Any], rows: pd.DataFrame, ref_rows: pd.DataFrame | None) -> Verdict:
+    """Two-sided z-tests of (value - reference) / stderr, BH over the rows (see the module docstring)."""
+    alpha = float(spec.get("alpha", 0.05))
+    cases = []  # (diff, se, reference, row)
+    missing_se = 0
+    for _, r in rows.iterrows():
+        v = float(r["value"])
+        if "ref" in spec:
+            ref = _ref_value(ref_rows, r)
+            if ref is None:
+                continue
+            ref *= float(spec.get("factor", 1.0))
+        else:
+            ref = float(spec.get("threshold", 0.0))
+        se = r.get("stderr")
+        if se is None or not (isinstance(se, (int, float)) and math.isfinite(float(se)) and float(se) > 0):
+            missing_se += 1
+            continue
+        if math.isfinite(v):
+            cases.append((v - ref, float(se), ref, r))
+    if not cases:
+        why = (f"{missing_se} record(s) without a stderr: no interval to test a departure against"
+               if missing_se else f"no {spec.get('ref')} record at the same model/step/task")
+        return Verdict(UNTESTABLE, reason=why)
+    p, q = departure_pvalues([c[0] for c in cases], [c[1] for c in cases])
+    passed = q <= alpha
+    quant = spec.get("quantifier", "all")
+    if quant not in ("all", "any"):
+        raise ValueError(f"quantifier must be all or any, got {quant!r}")
+    ok = bool(passed.any() if quant == "any" else passed.all())
+    # the deciding case: the strongest departure when `any` holds, else the weakest
+    i = int(np.argmin(q)) if (quant == "any") == ok else int(np.argmax(q))
+    d, se, ref, r = cases[i]
+    against = str(spec.get("versus") or (spec["ref"] if "ref" in spec else f"{ref:g}"))
+    word = "q" if len(p) > 1 else "p"
+    why = (f"value - {against} = {d:+.3g} ± {se:.2g} (z = {d / se:+.2f}), {word} = {q[i]:.3g} "
+           f"{'<=' if q[i] <= alpha else '>'} {alpha:g}")
+    if not ok:
+        why += f": indistinguishable from {against} at this level"
+    if len(p) > 1:
+        why += f"; {int(passed.sum())}/{len(p)} depart (BH over {len(p)})"
+    if missing_se:
+        why += f"; {missing_se} without a stderr left out"
+    v = float(r["value"])
+    return Verdict(HOLDS if ok else FAILS, value=v, lo=v - Z95 * se, hi=v + Z95 * se,
+                   n=int(r["n"]) if pd.notna(r.get("n")) else len(cases), reason=why, where=_label(r))
+
+
+def _ref_value(ref_rows: pd.DataFrame | None, r: pd.Series) -> float | None:
+    if ref_rows is None or ref_rows.empty:
+        return None
+    m = ref_rows[(ref_rows["model_id"] == r["model_id"])
+                 & ((ref_rows["step"] == r["step"]) | (ref_rows["step"].isna() & pd.isna(r["step"])))
+                 & (ref_rows["task"].fillna("") == (r["task"] if isinstance(r["task"], str) else ""))]
+    return float(m["value"].iloc[0]) if len(m) else None
+
+
+def _relates(spec: Mapping[str, Any], frame: pd.DataFrame, rows: pd.DataFrame) -> Verdict:
+    """Partial correlation of the series with a performance series on paired records."""
+    from harness.report.stats import fisher_ci, partial_permutation
+
+    perf_sel = spec["performance"]
+    on = list(spec.get("pair", ["size", "step"]))
+    given = list(spec.get("given", ["step"]))
+    within = spec.get("within", "size")
+    perf = select(frame, perf_sel, spec.get("performance_models"), spec.get("performance_where"))
+    perf = perf[perf["status"] == "ok"]
+    if perf.empty:
+        return Verdict(UNTESTABLE, reason=_not_ok_reason(perf, perf_sel) + _what_exists(frame, {"series": perf_sel}))
+    for col in on + given + ([within] if within else []):
+        if col not in rows or col not in perf:
+            return Verdict(UNTESTABLE, reason=f"no record column {col!r} to pair or adjust by")
+    x = rows.dropna(subset=on).groupby(on)["value"].mean().rename("x")
+    y = perf.dropna(subset=on).groupby(on)["value"].mean().rename("y")
+    pts = pd.concat([x, y], axis=1, join="inner").reset_index()
+    pts = pts[np.isfinite(pts["x"].astype(float)) & np.isfinite(pts["y"].astype(float))]
+    need = int(spec.get("min_n", 5))
+    if len(pts) < need:
+        return Verdict(UNTESTABLE, n=len(pts), reason=f"{len(pts)} paired points on {on}, the test needs >= {need}")
+    cov = [np.log1p(pts[c].astype(float).to_numpy()) for c in given if c in pts]
+    if within:
+        groups = pd.get_dummies(pts[within].astype(str), drop_first=True).to_numpy(float)
+        cov += list(groups.T)
+    covariates = np.column_stack(cov) if cov else None
+    r, p, df = partial_permutation(pts["x"].to_numpy(float), pts["y"].to_numpy(float), covariates,
+                                   n_perm=int(spec.get("n_perm", 9999)), seed=int(spec.get("seed", 0)))
+    adj = " + ".join([f"log(1+{c})" for c in given] + ([f"{within} dummies"] if within else [])) or "nothing"
+    if not math.isfinite(r):
+        return Verdict(UNTESTABLE, n=len(pts), reason=f"partial correlation undefined given {adj} ({df} dof left)")
+    lo, hi = fisher_ci(r, len(pts), 0 if covariates is None else covariates.shape[1])
+    alpha = float(spec.get("alpha", 0.05))
+    direction = int(np.sign(float(spec.get("direction", 0) or 0)))
+    ok = p <= alpha and (direction == 0 or np.sign(r) == direction)
+    why = f"partial r = {r:+.2f} given {adj}, permutation p = {p:.3g} ({'<=' if p <= alpha else '>'} {alpha:g})"
+    if direction and np.sign(r) != direction:
+        why += f"; the claim needs a {'positive' if direction > 0 else 'negative'} relation"
+    return Verdict(HOLDS if ok else FAILS, value=r, lo=lo if math.isfinite(lo) else None,
+                   hi=hi if math.isfinite(hi) else None, n=len(pts), reason=why,
+                   where=f"{len(pts)} points paired on {', '.join(on)} with {perf_sel}")
+
+
 def _not_ok_reason(rows: pd.DataFrame, selector: str) -> str:
     bad = rows[rows["status"] != "ok"]
     if len(bad):
@@ -329,7 +465,7 @@ def _evaluate(frame: pd.DataFrame, claim: Mapping[str, Any]) -> Verdict:
     rows = rows_all[rows_all["status"] == "ok"] if len(rows_all) else rows_all
     if rows.empty:
         return Verdict(UNTESTABLE, reason=_not_ok_reason(rows_all, series) + _what_exists(frame, claim))
-    rows = _pick(rows, claim.get("at", "all" if test == "shift" else "last"))
+    rows = _pick(rows, claim.get("at", "all" if test in ("relates", "shift") else "last"))
     req = claim.get("require")
     flagged: list[str] = []
     if req:
@@ -349,24 +485,23 @@ def _evaluate(frame: pd.DataFrame, claim: Mapping[str, Any]) -> Verdict:
             return Verdict(UNTESTABLE, reason="flagged by the metric: " + "; ".join(flagged))
     if test == "trend":
         return _trend(claim, rows)
+    if test == "relates":
+        return _relates(claim, frame, rows)
     if test == "shift":
         return _shift(claim, frame, rows)
     ref_rows = None
     if "ref" in claim:
         ref_rows = select(frame, claim["ref"], claim.get("models"), claim.get("where"))
         ref_rows = ref_rows[ref_rows["status"] == "ok"]
+    if test == "differs":
+        return _differs(claim, rows, ref_rows)
     results = []
     for _, r in rows.iterrows():
         v = float(r["value"])
         if not math.isfinite(v):
             results.append((UNTESTABLE, "non-finite value", r, v))
             continue
-        ref = None
-        if ref_rows is not None:
-            m = ref_rows[(ref_rows["model_id"] == r["model_id"])
-                         & ((ref_rows["step"] == r["step"]) | (ref_rows["step"].isna() & pd.isna(r["step"])))
-                         & (ref_rows["task"].fillna("") == (r["task"] if isinstance(r["task"], str) else ""))]
-            ref = float(m["value"].iloc[0]) if len(m) else None
+        ref = _ref_value(ref_rows, r)
         status, why = _one(test, claim, v, r.get("stderr"), ref)
         results.append((status, why, r, v))
     quant = claim.get("quantifier", "all")

@@ -46,6 +46,8 @@ class ToySoftmaxFamily(ModelFamily):
         n_checkpoints: int = param(24, "log-spaced checkpoint grid (plus step 0)", ge=1)
         eval_batches: int = param(4, "held-out batches of batch_size for the `loss` metric", ge=1)
         device: str = param("cpu", "where the configurations train", in_config=False)
+        threads: int = param(1, "torch threads while training (0 = torch's default); 1: small ops, "
+                             "a second thread is 8-40x slower on a busy machine", ge=0, hash_default=False)
 
     def __init__(self, **kw: Any):
         super().__init__(**kw)
@@ -86,7 +88,7 @@ class ToySoftmaxFamily(ModelFamily):
         self._result = train(
             self.configs, d=self.d, vocab=self.vocab, steps=self.steps, batch_size=self.batch_size,
             optimizer=self.optimizer, ckpt_steps=checkpoint_steps(self.steps, self.n_checkpoints),
-            lr_schedule=self.lr_schedule, device=self.device,
+            lr_schedule=self.lr_schedule, device=self.device, threads=self.threads,
         )
         if cache:
             self._save_cache(cache, self._result)

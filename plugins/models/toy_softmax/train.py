@@ -11,8 +11,9 @@ out for the same reason: per-configuration learning rates on one batched tensor,
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -139,9 +140,37 @@ def train(
     ckpt_steps: Sequence[int],
     lr_schedule: str = "constant",
     device: str = "cpu",
+    threads: int | None = 1,
 ) -> TrainResult:
     """Train every configuration at once; inputs are drawn per seed (configs sharing a seed see
-    the same stream of fresh batches, as a loop over temperatures with one seed would)."""
+    the same stream of fresh batches, as a loop over temperatures with one seed would).
+
+    ``threads``: torch intra-op threads while training (None or 0: leave torch's setting).
+    NOTE: 1 by default. The step is a handful of small batched ops (1 MB blocks), which a second
+    thread barely speeds up on an idle machine, while on a busy one the thread pool's spin-waits
+    make it 8-40x slower (measured, K=16, B=1024, 2 cores at load 7: 30 ms/step with 1 thread,
+    240-1260 ms with 2; K=2: 5 vs 55 ms); see bench/bench_toy_batched.py ``--threads``.
+    """
+    with intra_op_threads(threads):
+        return _train(configs, d=d, vocab=vocab, steps=steps, batch_size=batch_size, optimizer=optimizer,
+                      ckpt_steps=ckpt_steps, lr_schedule=lr_schedule, device=device)
+
+
+@contextlib.contextmanager
+def intra_op_threads(n: int | None) -> Iterator[None]:
+    """Run the block with ``n`` torch intra-op threads, restoring the previous count after."""
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        if n:
+            torch.set_num_threads(before)
+
+
+def _train(configs: Sequence[ToyConfig], *, d: int, vocab: int, steps: int, batch_size: int, optimizer: str,
+           ckpt_steps: Sequence[int], lr_schedule: str, device: str) -> TrainResult:
     k = len(configs)
     dev = torch.device(device)
     seeds = sorted({c.seed for c in configs})
