@@ -503,6 +503,8 @@ def _evaluate(frame: pd.DataFrame, claim: Mapping[str, Any]) -> Verdict:
             continue
         ref = _ref_value(ref_rows, r)
         status, why = _one(test, claim, v, r.get("stderr"), ref)
+        if test == "equals" and isinstance(r.get("message"), str) and r["message"]:
+            why += f" ({r['message']})"  # a flag's value says little without its metric's reason
         results.append((status, why, r, v))
     quant = claim.get("quantifier", "all")
     statuses = [s for s, *_ in results]
@@ -616,7 +618,8 @@ def rich_claims(table: Any, title: str = "claims (this run's verdict on the pape
         return rt
     colour = {HOLDS: "green", FAILS: "red", UNTESTABLE: "yellow"}
     for c in table.display.columns:
-        rt.add_column(str(c), justify="left", overflow="fold", ratio=3 if c in ("claim", "why") else 2)
+        rt.add_column(str(c), justify="left", overflow="fold", no_wrap=c == "status",
+                      ratio=3 if c in ("claim", "why") else 1 if c == "status" else 2)
     for row in table.display.itertuples(index=False):
         cells = [escape("" if v is None else str(v)) for v in row]
         i = list(table.display.columns).index("status")
