@@ -29,6 +29,8 @@ FAST = ("metric.transport.n_reps=4", "metric.transport.n_boot=50", "metric.trans
 SMOKE = {
     "pico_transport": ("model.build.widths=[8,16,24,32]", "model.build.steps=30", "model.build.save_every=10",
                        "model.build.warmup=3", *FAST),
+    # saves 0, 1, 2, 4, 8: log_spaced (num 6) keeps all of them, 4 difference fields per size
+    "pythia_transport": ("model.mini.steps=8", "model.mini.checkpoint_every=8", "+model.mini.threads=1", *FAST),
 }
 
 
@@ -83,3 +85,57 @@ def test_hub_variant_offline_is_one_line_naming_the_offline_variant(tmp_path):
     assert len(lines) == 1, proc.stderr
     assert "HF_HUB_OFFLINE" in lines[0] and "experiment=pico_transport" in lines[0]
     assert not list(tmp_path.rglob("records*.jsonl"))  # failed before any work
+
+
+# ---- the departure verdict on fields with a known answer ------------------------------------------
+
+
+def _field(n: int, seed: int, dist: str) -> dict:
+    import numpy as np
+    import torch
+
+    g = np.random.default_rng(seed)
+    a = g.standard_t(1.5, size=n) if dist == "t" else g.standard_normal(n)
+    return {"w": torch.tensor(a.reshape(n // 40, 40), dtype=torch.float32)}
+
+
+@pytest.fixture(scope="module")
+def departure_verdicts(tmp_path_factory):
+    """The presets' `differs` claims on the transport metric's own departure records, for a Gaussian
+    and a heavy-tailed (Student t, 1.5 dof) "real" field at 4 sizes and 6 independent steps."""
+    from harness.report.claims import evaluate
+    from harness_plugins.metrics.transport import TransportMetric
+    from test_transport_metric import run_checkpoints, suite
+
+    tmp = tmp_path_factory.mktemp("departures")
+    met = TransportMetric(n_reps=8, q=0.99, alpha=0.8, n_boot=200, event_records=0)
+    verdicts = {}
+    for dist in ("gauss", "t"):
+        rows = []
+        for step in range(6):
+            rows += run_checkpoints(met, {f"n{N}": _field(N, N + 97 * step, dist) for N in (2000, 6000, 16000, 40000)},
+                                    tmp, step=step)
+        recs = pd.DataFrame([{"metric": "transport", "measure": m.measure, "task": m.task, "layer": None,
+                              "model_id": "suite", "step": m.step, "value": m.value, "stderr": m.stderr, "n": m.n,
+                              "status": m.status, "message": m.message, "extra": None}
+                             for m in suite(met, rows, tmp).values() if m.size is None])
+        for e in ("D", "z", "delta"):
+            for ch in ("R1", "R2"):
+                verdicts[dist, e, ch] = evaluate(recs, {"series": f"transport:{e}_departure:{ch}", "test": "differs",
+                                                        "at": "all", "quantifier": "any"})
+    return verdicts
+
+
+def test_planted_null_fields_are_indistinguishable_from_their_nulls(departure_verdicts):
+    # with random node assignment the probe sees the field's marginal only: a permuted field (R1) is
+    # exchangeable with the real one, for any field; a Gaussian field is also its own R2 null
+    for key, v in departure_verdicts.items():
+        if key[2] == "R1" or key[0] == "gauss":
+            assert v.status == "does not hold" and "indistinguishable" in v.reason, (key, v.reason)
+
+
+def test_planted_heavy_tailed_field_departs_from_the_gaussian_null(departure_verdicts):
+    # a heavy-tailed marginal changes the cascade-size and duration exponents against Gaussian loads
+    for e in ("D", "z"):
+        v = departure_verdicts["t", e, "R2"]
+        assert v.status == "holds", (e, v.reason)

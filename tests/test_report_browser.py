@@ -40,6 +40,8 @@ b.setAttribute('data-client-width', String(document.documentElement.clientWidth)
 b.setAttribute('data-n-tables', String(document.querySelectorAll('table').length));
 b.setAttribute('data-n-images', String([...document.images].filter(i => i.naturalWidth > 0 || i.src.startsWith('data:image')).length));
 b.setAttribute('data-h2', JSON.stringify([...document.querySelectorAll('h2')].map(h => h.textContent)));
+b.setAttribute('data-img-right', String(Math.max(0, ...[...document.images].map(i => i.getBoundingClientRect().right))));
+b.setAttribute('data-table-right', String(Math.max(0, ...[...document.querySelectorAll('div.scroll')].map(d => d.getBoundingClientRect().right))));
 </script>"""
 
 
@@ -107,13 +109,21 @@ def test_report_renders_in_chromium(tmp_path, capsys):
     attrs, stderr = dump(browser, _probe(page, page.with_name("report.probe.html")))
     assert attrs["errors"] == "[]", attrs["errors"]
     assert not console_lines(stderr), console_lines(stderr)
-    headings = attrs["h2"]
+    import json
+
+    headings = json.loads(attrs["h2"])
     assert "leaderboard" in headings and "claims" in headings, headings
-    assert headings.index("leaderboard") < headings.index("claims")  # ranking first, then the claims
+    # ranking first, then the claims, then the relation tables, then figures, then the long tables
+    order = ["leaderboard", "claims", "verdicts", "relation_model", "loss curves", "trajectories (value vs step)",
+             "metric figures", "trajectories", "status"]
+    assert all(h in headings for h in order), headings
+    assert [headings.index(h) for h in order] == sorted(headings.index(h) for h in order), headings
     assert int(attrs["n-tables"]) >= 3
-    assert int(attrs["n-images"]) >= 1  # figures are embedded and decoded
-    # nothing overflows the page sideways: wide tables scroll inside their own box
-    assert int(attrs["scroll-width"]) <= int(attrs["client-width"]), attrs
+    assert int(attrs["n-images"]) >= 3  # loss curves, trajectories, the time_scaling fit: embedded, decoded
+    # nothing overflows the page sideways: wide tables scroll inside their own box, figures shrink to fit
+    client = int(attrs["client-width"])
+    assert int(attrs["scroll-width"]) <= client, attrs
+    assert float(attrs["img-right"]) <= client and float(attrs["table-right"]) <= client, attrs
 
     png = tmp_path / "report.png"
     shot = subprocess.run([*_flags(browser), f"--screenshot={png}", page.as_uri()], capture_output=True,

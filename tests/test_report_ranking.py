@@ -83,10 +83,18 @@ def test_flagged_values_are_shown_flagged_not_as_numbers():
         if r["metric"] == "fit" and r["model_id"].endswith("cfg=a,seed=0"):
             r["warning"] = "flagged: no power law: loss fell to 1e-9"
             r["value"] = 1.07e14
+    for r in rows:  # a second flagged column of the same run, same reason
+        if r["metric"] == "fit" and r["model_id"].endswith("cfg=a,seed=0"):
+            rows.append({**r, "measure": "c", "record_id": r.get("record_id", "") + "c"})
+            break
     lb = leaderboard(to_frame(rows))
-    cell = lb.display.set_index("model").loc["cfg=a", "fit.alpha"]
-    assert cell.startswith("flagged (no power law") and "1.07e" not in cell
+    row = lb.display.set_index("model").loc["cfg=a"]
+    assert row["fit.alpha"] == row["fit.c"] == "flagged [1]" and "1.07e" not in " ".join(map(str, row))
     assert np.isnan(lb.data.set_index("model").loc["cfg=a", "fit.alpha"])
+    # the reason is said once, in a footnote naming the model
+    notes = [line for line in lb.footer if line.startswith("[1]")]
+    assert notes == ["[1] cfg=a: flagged by its metric, not a result: no power law: loss fell to 1e-9"]
+    assert sum("loss fell to 1e-9" in line for line in lb.footer) == 1
 
 
 def test_one_ranking_per_family_plus_combined_when_the_measure_is_shared():

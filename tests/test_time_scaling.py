@@ -38,6 +38,22 @@ def test_local_slopes_of_exact_power_law():
     assert all(abs(s["slope"] - 0.4) < 1e-9 for s in slopes)
 
 
+def test_last_local_slope_window_ends_at_the_end_of_the_run():
+    """The one_third default's grid: tau from 4.5e3 to 4e5 (1.95 decades, not a whole number of
+    0.5-decade windows). The last window must end at tau_max and measure the late slope of a
+    curve whose slope changes from 0.2 to 0.5 at tau = 1.2e5 (planted; the old first-point
+    anchoring ended the last window at 1.42e5)."""
+    tau = np.geomspace(4.5e3, 4e5, 40)
+    knee = 1.2e5
+    loss = np.where(tau < knee, (tau / knee) ** -0.2, (tau / knee) ** -0.5)
+    slopes = local_slopes(tau, loss, l0=0.0, decades=0.5)
+    last = slopes[-1]
+    assert last["tau_hi"] == pytest.approx(4e5) and last["tau_lo"] == pytest.approx(4e5 / 10**0.5)
+    assert [s["tau_lo"] for s in slopes] == sorted(s["tau_lo"] for s in slopes)  # increasing tau
+    assert slopes[0]["slope"] == pytest.approx(0.2, abs=1e-9)  # before the knee: the early slope
+    assert last["slope"] == pytest.approx(0.5, abs=1e-9)  # the asymptotic slope, all after the knee
+
+
 @pytest.mark.parametrize("curve", [np.full(20, 2.0), np.array([1.0, np.nan, 2.0]), np.array([])])
 def test_degenerate_curves_give_status_not_exception(curve):
     fit = fit_power_law(np.arange(1, len(curve) + 1, dtype=float), curve)

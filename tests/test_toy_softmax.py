@@ -124,3 +124,19 @@ def test_clamped_exp_leaves_softmax_and_lse_unchanged_on_peaked_logits():
     big = ref_p >= 1e-30  # well above the clamp (exp(exp_floor) = 1.9e-38)
     assert float((p[~big] - ref_p[~big]).abs().max()) <= 2 * math.exp(exp_floor(torch.float32))
     assert torch.allclose(p[big], ref_p[big], rtol=1e-5, atol=0)
+
+
+def test_per_example_loss_is_torch_kl_on_cached_and_fresh_batches(tmp_path):
+    """The teacher's side is cached per run for the validation batches (computed once for every
+    checkpoint); the loss must equal torch's KL divergence on those and on uncached batches."""
+    fam = ToySoftmaxFamily(d=8, vocab=16, temperature=[1e-3, 1e-1], lr=1.0, batch_size=32, steps=20,
+                           n_checkpoints=4, eval_batches=2, workdir=str(tmp_path))
+    refs = [r for r in fam.checkpoints() if r.step > 0]
+    for ref in (refs[0], refs[-1]):  # two runs, two temperatures: the cache is per run
+        ck = fam.load(ref)
+        for batch in [*ck.eval_batches("val"), *ck.eval_batches("train")]:
+            want = torch.nn.functional.kl_div(torch.log_softmax(ck.logits(batch), -1),
+                                              torch.log_softmax(ck.teacher_logits(batch), -1), log_target=True,
+                                              reduction="none").sum(-1)
+            assert torch.allclose(ck.per_example_loss(batch), want, atol=1e-5)
+    assert len(fam._teacher) == 2  # one entry per run, reused by its checkpoints

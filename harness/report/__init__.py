@@ -100,6 +100,7 @@ def _write_files(frame: pd.DataFrame, out_dir: Path, *, formats: tuple[str, ...]
 
     Order: the ranking leaderboard(s) first (then a preset's claims), the verdicts, the relation
     tables at checkpoint, step and model level, the per-checkpoint trajectories, the record status.
+    The HTML page puts the figures after the relation tables, before the last two.
 
     Robust by design: a section that fails is logged and named in the HTML, never raised, so
     a report over partial or odd records still says what it can.
@@ -148,10 +149,12 @@ def _write_files(frame: pd.DataFrame, out_dir: Path, *, formats: tuple[str, ...]
         safe("trajectories", lambda: _tr(frame, measures), failed("trajectories")),
         safe("status", lambda: H.status_table(frame), failed("status")),
     ]
+    n_head = len(tables) - 2  # the HTML shows ranking, claims and relations, then figures, then these two
     if claims:  # a preset's claims, decided by the records (harness/report/claims.py), after the ranking
         from harness.report.claims import claims_table
 
         tables.insert(len(boards), safe("claims", lambda: claims_table(frame, claims), failed("claims")))
+        n_head += 1
     rel_table = relations[0]
     for t in tables:
         files += safe(f"writing {t.name}", lambda t=t: write_table(t, out_dir, formats), [])
@@ -162,11 +165,14 @@ def _write_files(frame: pd.DataFrame, out_dir: Path, *, formats: tuple[str, ...]
             fig_dir.mkdir(exist_ok=True)
             figs = [
                 ("loss curves", safe("loss curves", lambda: P.loss_curves(frame, fig_dir), [])),
+                ("trajectories (value vs step)", safe("trajectory figures", lambda: P.trajectory_plots(frame, fig_dir),
+                                                      [])),
                 ("metric figures", safe("metric figures", lambda: P.plugin_plots(frame, fig_dir), [])),
                 ("finite size (log-log)", safe("finite size", lambda: P.finite_size(frame, fig_dir), [])),
                 ("observable vs performance", safe("scatter", lambda: P.scatter(frame, rel_table.data, fig_dir), [])),
             ]
-        page = H.render(title, [(t.name, t) for t in tables], figs, notes)
+        page = H.render(title, [(t.name, t) for t in tables[:n_head]], figs, notes,
+                        after=[(t.name, t) for t in tables[n_head:]])
         path = out_dir / "report.html"
         path.write_text(page, encoding="utf-8")
         files.append(path)

@@ -24,7 +24,7 @@ table{border-collapse:collapse;font-size:13px;margin:0.5em 0}
 th,td{border:1px solid #ccc;padding:3px 7px;text-align:right}
 th{background:#f3f3f3}td:nth-child(-n+4){text-align:left}
 .note{color:#8a5a00}.footer{color:#666;font-size:12px}
-figure{display:inline-block;margin:6px;max-width:100%}img{max-width:min(560px,100%);border:1px solid #eee}
+figure{display:inline-block;margin:6px;max-width:100%}img{max-width:100%;height:auto;border:1px solid #eee}
 .scroll{overflow-x:auto;max-width:100%}  /* wide tables scroll inside their box, not the page */
 [data-table="claims"] td{text-align:left}
 """
@@ -55,8 +55,10 @@ def _table(table: Table, title: str) -> str:
 
 
 def render(title: str, tables: Sequence[tuple[str, Table]], figures: Sequence[tuple[str, Sequence[Path]]],
-           notes: Sequence[str] = ()) -> str:
-    """A self-contained HTML report: the tables and the figures (embedded)."""
+           notes: Sequence[str] = (), after: Sequence[tuple[str, Table]] = ()) -> str:
+    """A self-contained HTML report: ``tables``, then the figures (embedded), then ``after``
+    (the long per-checkpoint tables: a reader meets the ranking, claims, relations and
+    figures first)."""
     body = [f"<h1>{html.escape(title)}</h1>",
             f'<p class="footer">generated {_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}</p>']
     body += [f'<p class="note">{html.escape(n)}</p>' for n in notes]
@@ -66,6 +68,8 @@ def render(title: str, tables: Sequence[tuple[str, Table]], figures: Sequence[tu
         body.append(f"<h2>{html.escape(name)}</h2>")
         imgs = [_img(Path(f)) for f in files if Path(f).exists()]
         body.append("".join(i for i in imgs if i) or '<p class="note">no figure: not enough data</p>')
+    for name, t in after:
+        body.append(_table(t, name))
     return (f'<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
             f"<style>{CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
 

@@ -13,7 +13,8 @@ lower rank: 1, 2, 2, 4), a short distinct model label, size, the step, the perfo
 (``value ± stderr`` with ↑/↓; the ranking one first), then the run-level observables: trajectory
 metrics (one value per run), suite results at the run's size and last aligned step, and the
 per-checkpoint observables at the row's step. A value the metric flagged (e.g. a fit it says is
-no power law) is shown as ``flagged`` with the reason, never as a number.
+no power law) is shown as ``flagged [k]``, never as a number; footnote ``[k]`` in the footer gives
+the model and the reason once, however many of its columns are flagged.
 
 The ranking measure: ``rank_by`` (a selector ``metric:measure[:task]``) or, by default, the
 first performance measure the records declare (``primary`` > ``score`` > ``loss``; see
@@ -237,14 +238,17 @@ def _ranking(f: pd.DataFrame, name: str, footer: list[str], *, rank_by, at, perf
     if combined:
         disp.insert(0, "family", data["family"].to_numpy())
 
+    notes: dict[tuple[str, str], int] = {}  # (model label, reason) -> footnote number: each reason said once
+
     def put(col: str, values, errs, flags, header: str):
         data[col] = values
         if any(e is not None and np.isfinite(e) for e in errs):
             data[col + " stderr"] = [np.nan if e is None else e for e in errs]
         cells = []
-        for v, e, fl in zip(values, errs, flags):
+        for mid, v, e, fl in zip(R["model_id"], values, errs, flags):
             if fl:
-                cells.append(f"flagged ({_short(fl)})")
+                k = notes.setdefault((labels[str(mid)], _reason(fl)), len(notes) + 1)
+                cells.append(f"flagged [{k}]")
             else:
                 cells.append(fmt_value(v, e if e is not None and np.isfinite(e) else None))
         disp[header] = cells
@@ -296,13 +300,16 @@ def _ranking(f: pd.DataFrame, name: str, footer: list[str], *, rank_by, at, perf
                "(run a metric that declares one, or choose rank_by=metric:measure[:task])")
         data.insert(0, "rank", pd.array([None] * len(data), dtype="Int64"))
         disp.insert(0, "rank", [""] * len(disp))
-    return Table(name, data, disp, [why] + footer, note="; ".join(note_parts) or None)
+    flag_lines = [f"[{k}] {model}: flagged by its metric, not a result: {reason}"
+                  for (model, reason), k in sorted(notes.items(), key=lambda kv: kv[1])]
+    return Table(name, data, disp, [why] + flag_lines + footer, note="; ".join(note_parts) or None)
 
 
-def _short(reason: str, n: int = 40) -> str:
-    r = str(reason)
+def _reason(warning: str) -> str:
+    """The reason of a ``flagged: ...`` warning (the marker cut; other warnings after ';' dropped)."""
+    r = str(warning)
     r = r.split(":", 1)[1].strip() if r.lower().startswith(FLAGGED) and ":" in r else r
-    return r if len(r) <= n else r[: n - 1] + "…"
+    return r.split("; ")[0]
 
 
 def _cell(rec, vals: list, errs: list, flags: list) -> None:

@@ -23,11 +23,9 @@ def _k(task: str) -> int:
 
 
 def draw(records: pd.DataFrame, out_dir: Path) -> list[Path]:
-    import matplotlib
+    from harness.report import plots as RP
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = RP.pyplot()
     ok = records[(records["metric"] == "subspace") & (records["status"] == "ok")]
     if ok.empty:
         return []
@@ -45,16 +43,16 @@ def draw(records: pd.DataFrame, out_dir: Path) -> list[Path]:
                 line = line.sort_values("step")
                 axis.plot(line["step"], line["value"], style, color=colour[_k(task)],
                           marker="." if style != ":" else None, label=f"{measure} {task}")
-        for axis, ylabel in ((ax1, "f_top = |P_k g|^2 / |g|^2"), (ax2, "overlap |V_k^T W_k|_F^2 / k")):
+        for axis, ylabel, title in ((ax1, "f_top = |P_k g|^2 / |g|^2 (fraction)", "gradient in the top-k subspace"),
+                                    (ax2, "overlap |V_k^T W_k|_F^2 / k (fraction)", "top-k subspace overlap")):
             axis.set_xscale("symlog", linthresh=1)
             axis.set_yscale("log")
-            axis.set_xlabel("step")
+            axis.set_xlabel("step (optimizer updates)")
             axis.set_ylabel(ylabel)
-            axis.legend(fontsize=5, ncol=2)
+            axis.set_title(title, fontsize=9)
         fig.suptitle(f"subspace: {model_id}")
-        fig.tight_layout()
+        fig.subplots_adjust(left=0.08, right=0.98, bottom=0.14, top=0.85, wspace=0.3)
+        RP.legend_below(fig, [ax1, ax2])  # below the panels: the dotted chance lines sit low, a legend inside covered them
         path = out_dir / f"subspace_{str(model_id).replace('/', '__').replace(' ', '_')}.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        paths.append(path)
+        paths.append(RP.save(fig, path, dpi=100))
     return paths

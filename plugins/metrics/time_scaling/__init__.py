@@ -49,6 +49,9 @@ class TimeScalingMetric(Metric):
         max_rsle: float = param(0.08, "power_law flag: largest root-mean-square log error of the fit", gt=0)
         max_loss_drop: float = param(1e-5, "power_law flag: a loss below this fraction of its start was learned "
                                      "exactly", ge=0, le=1)
+        L0: float | None = param(None, "the irreducible loss when it is known (0 for a teacher the student can "
+                                 "represent exactly): held fixed instead of fitted (null = fitted)", ge=0,
+                                 hash_default=False)  # added later: old results roots still resume
         curve: str = param("loss:loss", "the recorded series to fit, metric:measure[:task] (see harness/curves.py)",
                            convert=_curve_selector, allowed="metric:measure or metric:measure:task",
                            hash_default=False)  # added later: old results roots still resume
@@ -109,7 +112,8 @@ class TimeScalingMetric(Metric):
             "inputs": {"step": steps[sel].tolist(), "tau": tau[sel].tolist(), "loss": loss[sel].tolist()},
             "curve": cur.summary(),
         }
-        fit = fit_power_law(tau[sel], loss[sel], self.min_points)
+        extra["L0"] = "fitted" if self.L0 is None else f"fixed at {self.L0:g}"
+        fit = fit_power_law(tau[sel], loss[sel], self.min_points, l0=self.L0)
         if fit.status != "ok":
             yield Measurement.skipped("alpha", fit.reason or "fit failed", n=fit.n, warning=data_warning, extra=extra)
             return
@@ -121,22 +125,33 @@ class TimeScalingMetric(Metric):
         # tables show "flagged (no power law ...)" instead of a number; dropped input rows follow
         flag = None if verdict else f"flagged: no power law: {why}"
         warn = "; ".join(w for w in (flag, data_warning) if w) or None
-        yield Measurement("alpha", fit.params["alpha"], stderr=fit.stderr["alpha"], n=fit.n, extra=extra, warning=warn)
-        yield Measurement("L0", fit.params["L0"], stderr=fit.stderr["L0"], n=fit.n, warning=warn)
+        yield Measurement("alpha", fit.params["alpha"], stderr=fit.stderr["alpha"], n=fit.n, unit="exponent",
+                          extra=extra, warning=warn)
+        if self.L0 is None:  # a fixed L0 is an input, not a result
+            yield Measurement("L0", fit.params["L0"], stderr=fit.stderr["L0"], n=fit.n, unit="loss", warning=warn)
         yield Measurement("c", fit.params["c"], stderr=fit.stderr["c"], n=fit.n, warning=warn)
-        yield Measurement("fit_rsle", fit.rsle, n=fit.n)
+        yield Measurement("fit_rsle", fit.rsle, n=fit.n, unit="log loss")
 
+        # local slopes describe a power law; of a curve that is none they are not results either
+        slope_warn = flag or None
         for w in slopes:
             centre = math.sqrt(w["tau_lo"] * w["tau_hi"])
             step_at = int(round(float(np.interp(math.log(centre), np.log(tau[sel]), steps[sel]))))
-            yield Measurement("local_slope", w["slope"], stderr=w["stderr"], n=w["n"], step=step_at,
-                              extra={"tau_window": [w["tau_lo"], w["tau_hi"]]})
+            yield Measurement("local_slope", w["slope"], stderr=w["stderr"], n=w["n"], step=step_at, unit="exponent",
+                              warning=slope_warn, extra={"tau_window": [w["tau_lo"], w["tau_hi"]]})
+        if slopes:  # the number the paper compares to 1/3: the slope of the run's last tau window
+            w = slopes[-1]
+            yield Measurement("asymptotic_slope", w["slope"], stderr=w["stderr"], n=w["n"], unit="exponent",
+                              warning=slope_warn, extra={
+                                  "tau_window": [w["tau_lo"], w["tau_hi"]], "window_decades": self.window_decades,
+                                  "L0": extra["L0"],
+                                  "expected": "about 1/3 for peaked targets (Liu et al. 2026); the last local slope"})
 
         if logit_std is not None:
             ok = sel & np.isfinite(logit_std) & (logit_std > 0)
             if ok.sum() >= self.min_points:
                 slope, err = ols_slope(np.log(tau[ok]), np.log(logit_std[ok]))
-                yield Measurement("logit_scale_exponent", slope, stderr=err, n=int(ok.sum()),
+                yield Measurement("logit_scale_exponent", slope, stderr=err, n=int(ok.sum()), unit="exponent",
                                   extra={"expected": "about +1/3 in the peaked regime"})
 
         yield Measurement("power_law", float(verdict), n=fit.n, message=why,
@@ -163,33 +178,9 @@ class TimeScalingMetric(Metric):
 
     @classmethod
     def plots(cls, records, out_dir):
-        """Loss against tau on log-log axes with the fitted power law, one panel per model."""
-        import matplotlib
+        """Loss against tau (log-log) with the fitted power law, and the local slopes against tau
+        with the 1/3 line; a curve the metric flagged as no power law gets its data and the
+        reason, never a fitted line (see `plots.draw`)."""
+        from harness_plugins.metrics.time_scaling.plots import draw
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fits = records[(records["metric"] == cls.name) & (records["measure"] == "alpha") & (records["status"] == "ok")]
-        if fits.empty:
-            return []
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for _, r in fits.iterrows():
-            e = json.loads(r["extra"]) if isinstance(r["extra"], str) else (r["extra"] or {})
-            inputs = e.get("inputs") or {}
-            tau, loss = np.array(inputs.get("tau", [])), np.array(inputs.get("loss", []))
-            if not len(tau):
-                continue
-            line = ax.loglog(tau, loss, ".", label=f"{r['model_id']} (alpha={r['value']:.3f})")[0]
-            params = records[(records["model_id"] == r["model_id"]) & (records["metric"] == cls.name)]
-            p = dict(zip(params["measure"], params["value"]))
-            if "c" in p and "L0" in p:
-                ax.loglog(tau, p["c"] * tau ** (-r["value"]) + p["L0"], "-", color=line.get_color())
-        ax.set_xlabel("tau (cumulative learning rate)")
-        ax.set_ylabel("loss")
-        ax.legend(fontsize=6)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        path = out_dir / "time_scaling.png"
-        fig.tight_layout()
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        return [path]
+        return draw(records, out_dir, metric=cls.name)

@@ -46,8 +46,9 @@ class ToySoftmaxFamily(ModelFamily):
         n_checkpoints: int = param(24, "log-spaced checkpoint grid (plus step 0)", ge=1)
         eval_batches: int = param(4, "held-out batches of batch_size for the `loss` metric", ge=1)
         device: str = param("cpu", "where the configurations train", in_config=False)
-        threads: int = param(1, "torch threads while training (0 = torch's default); 1: small ops, "
-                             "a second thread is 8-40x slower on a busy machine", ge=0, hash_default=False)
+        threads: int = param(1, "torch threads while training and, process-wide, for the metrics that measure "
+                             "its checkpoints (0 = torch's default); 1: small ops, a second thread is 8-40x "
+                             "slower on a busy machine", ge=0, hash_default=False)
 
     def __init__(self, **kw: Any):
         super().__init__(**kw)
@@ -58,6 +59,11 @@ class ToySoftmaxFamily(ModelFamily):
             ToyConfig(t, lr, s) for t, lr, s in itertools.product(self.temperatures, self.lrs, self.seeds)
         ]
         self._result: TrainResult | None = None
+        #: (config index, split) -> per eval batch (teacher probabilities, teacher's sum p log p):
+        #: the same for every checkpoint of a run, computed once (a warm run re-measures every
+        #: checkpoint; the teacher's side was 2/3 of `per_example_loss`, profiled)
+        self._teacher: dict[tuple[int, str], list[tuple[torch.Tensor, torch.Tensor]]] = {}
+        self._val: dict[int, list[torch.Tensor]] = {}  # seed -> validation inputs (read-only)
 
     # -- identity -----------------------------------------------------------------------
     @property
@@ -79,6 +85,10 @@ class ToySoftmaxFamily(ModelFamily):
     def prepare(self) -> None:
         if self._result is not None:
             return
+        if self.threads and torch.get_num_threads() != self.threads:
+            # process-wide: the metrics that follow measure these small tensors too (a warm run's
+            # loss evaluation was 0.6 s per checkpoint with 2 threads on the busy 2 cores, profiled)
+            torch.set_num_threads(self.threads)
         cache = self.workdir / self._train_key() if self.workdir else None
         if cache and (cache / "trained.safetensors").exists():
             self._result = self._load_cache(cache)
@@ -183,8 +193,8 @@ class ToySoftmaxCheckpoint(Checkpoint):
         seed = self.family.configs[self.index].seed + (0 if split == "val" else 7919)
         if split != "val":
             return self.family.eval_inputs(seed)
-        if self._batches is None:
-            self._batches = self.family.eval_inputs(seed)
+        if self._batches is None:  # one list per seed, shared by every checkpoint of the family
+            self._batches = self.family._val.get(seed) or self.family._val.setdefault(seed, self.family.eval_inputs(seed))
         return self._batches
 
     @property
@@ -200,9 +210,29 @@ class ToySoftmaxCheckpoint(Checkpoint):
         return (model or self._model)(batch)
 
     def per_example_loss(self, batch: Any, model: torch.nn.Module | None = None) -> torch.Tensor:
-        log_pt = torch.log_softmax(self.teacher_logits(batch), dim=-1)
+        """KL(teacher || student) per example: sum_v p_t log p_t - sum_v p_t log p_s."""
+        p_t, neg_entropy = self._teacher_side(batch)
         log_ps = torch.log_softmax(self.logits(batch, model), dim=-1)
-        return (log_pt.exp() * (log_pt - log_ps)).sum(-1)
+        return neg_entropy - (p_t * log_ps).sum(-1)
+
+    def _teacher_side(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(p_t, sum_v p_t log p_t) of one batch; cached for this run's validation batches."""
+        batches = self._batches
+        if batches is not None:
+            for i, b in enumerate(batches):
+                if b is batch:
+                    key = (self.index, "val")
+                    cached = self.family._teacher.get(key)
+                    if cached is None:
+                        cached = self.family._teacher[key] = [self._teacher_of(x) for x in batches]
+                    return cached[i]
+        return self._teacher_of(batch)
+
+    def _teacher_of(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.no_grad():
+            log_pt = torch.log_softmax(self.teacher_logits(batch), dim=-1)
+            p_t = log_pt.exp()
+            return p_t, (p_t * log_pt).sum(-1)
 
     # -- fields ---------------------------------------------------------------------------
     def field_kinds(self) -> tuple[str, ...]:
