@@ -63,3 +63,15 @@ TINY_TOY = ("model.steps=60", "model.n_checkpoints=6", "model.batch_size=128", "
 
 #: the outside-plugin fixture's own tests run in its own environment (tests/test_outside_plugin.py)
 collect_ignore = ["fixtures"]
+
+
+#: modules that take longest (real Ray cluster, concurrent launcher jobs, SIGKILL-and-resume, pip
+#: installs): collected first, so xdist starts them first instead of leaving them as the tail
+LONG_MODULES = ("test_ray_cluster.py", "test_launchers.py", "test_fault_tolerance.py", "test_scaffold.py",
+                "test_robustness_core.py", "test_preset_transport.py", "test_preset_zsl.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Longest modules first (stable otherwise): the same order on every xdist worker."""
+    rank = {name: i for i, name in enumerate(LONG_MODULES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
