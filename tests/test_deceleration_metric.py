@@ -191,5 +191,39 @@ def test_irregular_history_is_not_smoothed(tmp_path):
     hist = pd.DataFrame({"step": steps, "loss": law(steps, *TRUTH)})
     ms = by_measure(DecelerationMetric(mode="zsl").measure_trajectory(ctx(tmp_path, history=hist)))
     prep = ms["t_d"].extra["fit"]["preprocessing"]
-    assert prep == {"smooth": False, "subsample": True, "min_step": 100.0, "uniform_steps": False}
+    guess = prep.pop("break_guess")
+    assert prep == {"smooth": False, "subsample": True, "min_step": pytest.approx(100.0), "uniform_steps": False}
+    assert guess == [pytest.approx(6000.0)]  # auto on the authors' run length = their constants
     assert ms["t_d"].value == pytest.approx(5000.0, rel=1e-4)  # unsmoothed: the exact break
+
+
+SHORT_TRUTH = (0.0, 20.0, 0.2, -0.18, 60.0, 0.3)  # the same law, its break at step 60 of a 1500-step run
+
+
+@pytest.mark.parametrize("mode", ["robust", "zsl"])
+def test_auto_transient_cut_and_break_guess_adapt_to_a_short_run(tmp_path, mode):
+    """A planted break at step 60 of a 1500-step log: min_step=auto and break_guess=auto scale the
+    authors' 100 and 6000 steps (of 262,144) to this run and recover it; the literal constants
+    (min_step=100) cut the break away, so no deceleration is found. (Smoothing off: the curve
+    is exact, the authors' moving average would only blur it.)"""
+    steps = np.arange(1, 1501)
+    hist = pd.DataFrame({"step": steps, "loss": law(steps, *SHORT_TRUTH)})
+    ms = by_measure(DecelerationMetric(mode=mode, source="history", smooth=False).measure_trajectory(ctx(tmp_path, history=hist)))
+    prep = ms["t_d"].extra["fit"]["preprocessing"]
+    assert prep["min_step"] == pytest.approx(1500 * 100 / 262144)
+    assert prep["break_guess"] == ([pytest.approx(1500 * 6000 / 262144)] if mode == "zsl" else None)
+    assert ms["t_d"].status == "ok" and ms["t_d"].value == pytest.approx(60.0, rel=0.05)
+    assert ms["r_d"].value == pytest.approx(0.02, abs=0.01)
+    literal = by_measure(DecelerationMetric(mode=mode, source="history", smooth=False, min_step=100,
+                                            break_guess=[6000])
+                         .measure_trajectory(ctx(tmp_path, history=hist)))
+    assert literal["t_d"].status != "ok" or abs(literal["t_d"].value - 60.0) > 6.0
+
+
+def test_transient_fraction_sets_the_auto_cut(tmp_path):
+    steps = np.arange(1, 1001)
+    hist = pd.DataFrame({"step": steps, "loss": law(steps, *SHORT_TRUTH)})
+    ms = by_measure(DecelerationMetric(source="history", transient_fraction=0.01).measure_trajectory(
+        ctx(tmp_path, history=hist)))
+    assert ms["t_d"].extra["fit"]["preprocessing"]["min_step"] == pytest.approx(10.0)
+    assert min(ms["t_d"].extra["fit"]["x"]) > 10

@@ -147,6 +147,17 @@ def test_data_build_is_deterministic_and_correct(tmp_path):
         doc = " ".join(docs[it["id"].split("/")[0]].split())
         assert (it["context"] + it["choices"][it["label"]]) in doc  # the true next sentence
         assert len(set(it["choices"])) == 4
+    word = [json.loads(x) for x in (a / "pydoc_word.jsonl").read_text().splitlines()]
+    assert len(word) > 300 and {it["label"] for it in word} == {0, 1, 2, 3}
+    assert word[0]["id"].split("/")[0] == max(docs)  # the corpus' last documents first (the held-out end)
+    for it in word:
+        doc = " ".join(docs[it["id"].split("/")[0]].split())
+        true = it["choices"][it["label"]]
+        assert (it["context"] + true) in doc  # the true next word of a real passage
+        assert len(it["context"].split()) >= 8 and true[1:].isalpha() and len(true) >= 4
+        others = [c for i, c in enumerate(it["choices"]) if i != it["label"]]
+        assert len({c.lower() for c in it["choices"]}) == 4  # no distractor is the answer in another case
+        assert all(c.startswith(" ") and f" {c[1:]} " in f" {doc} " for c in others)  # words of the same text
 
 
 def test_task_manager_is_cached_and_skips_builtin_index(env):

@@ -139,6 +139,49 @@ def test_claims_come_from_the_run_manifest(tmp_path):
     assert claims_of_run(tmp_path / "nothing") == []
 
 
+SHIFT = {"claim": "D rises at deceleration", "series": "int:D", "test": "shift", "split": "dec:t_d",
+         "direction": 1, "alpha": 0.05}
+
+
+def _shifted(model, t_d, before, after):
+    rows = [rec("dec", "t_d", t_d, model=model, step=None)]
+    steps = list(range(10, 10 * (len(before) + len(after)) + 1, 10))
+    for s, v in zip(steps, list(before) + list(after)):
+        rows.append(rec("int", "D", v, model=model, step=s))
+    return rows, steps[len(before)]
+
+
+def test_shift_holds_when_the_values_after_the_split_step_are_higher():
+    """Planted: 5 low values before the break step, 5 high after: exact one-sided U p = 1/252."""
+    rows, t_d = _shifted("m/a", 0, [0.1, 0.12, 0.11, 0.13, 0.14], [0.3, 0.31, 0.29, 0.33, 0.32])
+    rows[0]["value"] = t_d  # the split is the first 'after' step
+    v = evaluate(frame(*rows), SHIFT)
+    assert v.status == HOLDS and v.value == pytest.approx(0.31 - 0.12, abs=1e-9)
+    assert "p = 0.00397" in v.reason and "5 vs 5" in v.reason
+    down = evaluate(frame(*rows), {**SHIFT, "direction": -1})
+    assert down.status == FAILS
+
+
+def test_shift_no_change_does_not_hold_and_too_few_points_is_not_testable():
+    rows, t_d = _shifted("m/a", 0, [0.3, 0.1, 0.2, 0.3], [0.2, 0.1, 0.3, 0.2])
+    rows[0]["value"] = t_d
+    assert evaluate(frame(*rows), SHIFT).status == FAILS
+    few, t_d = _shifted("m/b", 0, [0.1], [0.3, 0.3, 0.3])
+    few[0]["value"] = t_d
+    v = evaluate(frame(*few), SHIFT)
+    assert v.status == UNTESTABLE and "1 point(s) before" in v.reason
+    assert evaluate(frame(*[r for r in few if r["metric"] != "dec"]), SHIFT).status == UNTESTABLE
+
+
+def test_shift_quantifier_all_fails_when_one_model_fails():
+    up, t1 = _shifted("m/a", 0, [0.1, 0.1, 0.12], [0.3, 0.32, 0.31])
+    up[0]["value"] = t1
+    flat, t2 = _shifted("m/b", 0, [0.3, 0.32, 0.31], [0.1, 0.1, 0.12])
+    flat[0]["value"] = t2
+    both = frame(*up, *flat)
+    assert evaluate(both, {**SHIFT, "alpha": 0.1}).status == FAILS
+    assert evaluate(both, {**SHIFT, "alpha": 0.1, "quantifier": "any"}).status == HOLDS
+
 # ---- differs: a departure from a reference (e.g. real minus null), z-test with BH ------------------
 
 

@@ -142,9 +142,9 @@ def test_time_scaling_never_draws_a_fit_through_a_flagged_curve(figures, tmp_pat
     TimeScalingMetric.plots(_time_scaling_records(flag_b=True), tmp_path)
     (fig,) = figures
     fits = _fit_lines(fig)
-    assert [ln.get_label() for ln in fits] == ["toy/a: fit c·tau^-alpha + L0"]  # none for b
+    assert [ln.get_label() for ln in fits] == ["a: fit c·tau^-alpha + L0"]  # none for b
     labels = [t.get_text() for leg in fig.legends for t in leg.get_texts()]
-    assert any(lab.startswith("toy/b: flagged: loss fell to 1e-9") for lab in labels), labels
+    assert any(lab.startswith("b: flagged: loss fell to 1e-9") for lab in labels), labels
     assert not any("1.07e" in lab for lab in labels)  # the flagged fit's parameters are not shown
     assert_readable(fig)
 
@@ -170,4 +170,28 @@ def test_subspace_figure_is_readable(figures, tmp_path):
 
     SubspaceMetric.plots(to_frame(rows), tmp_path)
     (fig,) = figures
+    assert_readable(fig)
+
+
+def _deceleration_records(flagged: bool):
+    x = np.geomspace(10, 1000, 30)
+    fit = {"names": ["b", "c0", "c1", "d1", "f1"], "params": [2.0, 0.2, 0.3, 200.0, 1.0], "n_breaks": 1,
+           "x": x.tolist(), "y": (2.0 * x**-0.2).tolist(), "mode": "robust", "rsle": 0.01, "x_key": "step",
+           "unit": "steps", "target": 1000.0}
+    row = dict(family="toy", model_id="toy/a", size="s", step=1000, status="ok", scope="trajectory", run_id="r",
+               seed=0, metric="deceleration", measure="t_d", value=200.0, extra=json.dumps({"fit": fit}),
+               warning="flagged: planted: no deceleration" if flagged else None)
+    return to_frame([normalise(row)])
+
+
+@pytest.mark.parametrize("flagged", [False, True])
+def test_deceleration_figure_draws_the_law_only_for_an_unflagged_fit(figures, tmp_path, flagged):
+    from harness_plugins.metrics.deceleration.metric import DecelerationMetric
+
+    DecelerationMetric.plots(_deceleration_records(flagged), tmp_path)
+    (fig,) = figures
+    labels = [t.get_text() for leg in fig.legends for t in leg.get_texts()]
+    has_law = any(lab.startswith("BNSL fit") for lab in labels)
+    assert has_law is not flagged, labels
+    assert any("planted: no deceleration" in lab for lab in labels) is flagged
     assert_readable(fig)

@@ -29,7 +29,11 @@ Tests (``value ± 1.96 stderr`` is the 95% interval when a record has a stderr):
   column: ``n_params``, ``step``, ``tokens_seen``) has the sign of ``direction`` (+1/-1) with an
   exact permutation p-value <= ``alpha`` (default 0.1); fewer than ``min_n`` (default 3)
   points is not testable.
-
+* ``shift``: within each model, the values after a step versus before it, the step being the
+  value of a per-model ``split`` series of the same model (e.g. a fitted break point
+  ``dec:t_d``): the mean after minus the mean before has the sign of ``direction`` with a
+  one-sided Mann-Whitney U p-value <= ``alpha`` (default 0.1); fewer than ``min_n`` (default 2)
+  points on either side is not testable. ``at`` defaults to ``all`` for this test.
 * ``differs``: a departure test. The value minus ``ref`` (a series at the same model, step and
   task, times ``factor``; or ``threshold``, default 0, e.g. for a real-minus-null record) over
   its stderr is a two-sided z-test (p-value); with several rows (``at: all``) the p-values are
@@ -71,7 +75,7 @@ logger = logging.getLogger(__name__)
 
 HOLDS, FAILS, UNTESTABLE = "holds", "does not hold", "not testable here"
 STATUSES = (HOLDS, FAILS, UNTESTABLE)
-TESTS = ("near", "above", "below", "equals", "trend", "differs", "relates")
+TESTS = ("near", "above", "below", "equals", "trend", "differs", "relates", "shift")
 Z95 = 1.959963984540054
 #: exact permutations up to this many points, a seeded Monte Carlo of 20000 above
 EXACT_MAX = 8
@@ -263,6 +267,54 @@ def _trend(spec: Mapping[str, Any], rows: pd.DataFrame) -> Verdict:
                    where=f"{len(pts)} points: value {word} with {by}?")
 
 
+def _shift(spec: Mapping[str, Any], frame: pd.DataFrame, rows: pd.DataFrame) -> Verdict:
+    """Before/after comparison within each model around the step a ``split`` series gives."""
+    from scipy.stats import mannwhitneyu
+
+    if "split" not in spec:
+        raise ValueError("test shift needs split: a per-model series giving the step (e.g. dec:t_d)")
+    splits = select(frame, spec["split"], spec.get("models"), spec.get("where"))
+    splits = splits[splits["status"] == "ok"]
+    direction = 1 if float(spec.get("direction", 1)) > 0 else -1
+    alpha, need = float(spec.get("alpha", 0.1)), int(spec.get("min_n", 2))
+    alternative = "greater" if direction > 0 else "less"
+    results: list[tuple[str, str, str, float, int]] = []
+    for model_id, g in rows.groupby("model_id", sort=True):
+        t = splits[splits["model_id"] == model_id]["value"].astype(float)
+        t = t[np.isfinite(t)]
+        if t.empty:
+            results.append((UNTESTABLE, f"{model_id}: no ok {spec['split']} record", str(model_id), math.nan, 0))
+            continue
+        t0 = float(t.iloc[0])
+        g = g.dropna(subset=["step", "value"])
+        g = g[np.isfinite(g["value"].astype(float))]
+        before = g[g["step"].astype(float) < t0]["value"].astype(float).to_numpy()
+        after = g[g["step"].astype(float) >= t0]["value"].astype(float).to_numpy()
+        where = f"{model_id}, split at step {t0:.4g}"
+        if len(before) < need or len(after) < need:
+            results.append((UNTESTABLE, f"{where}: {len(before)} point(s) before, {len(after)} after; needs "
+                            f">= {need} on each side", str(model_id), math.nan, len(g)))
+            continue
+        diff = float(after.mean() - before.mean())
+        p = float(mannwhitneyu(after, before, alternative=alternative).pvalue)
+        ok = diff * direction > 0 and p <= alpha
+        why = (f"{where}: mean after - before = {diff:+.3g} ({len(after)} vs {len(before)} points), "
+               f"one-sided Mann-Whitney p = {p:.3g} ({'<=' if p <= alpha else '>'} {alpha:g})")
+        results.append((HOLDS if ok else FAILS, why, where, diff, len(g)))
+    quant = spec.get("quantifier", "all")
+    if quant not in ("all", "any"):
+        raise ValueError(f"quantifier must be all or any, got {quant!r}")
+    order = (HOLDS, UNTESTABLE, FAILS) if quant == "any" else (FAILS, UNTESTABLE, HOLDS)
+    statuses = [r[0] for r in results]
+    status = next(s for s in order if s in statuses)
+    decide = next(r for r in results if r[0] == status)
+    why = decide[1]
+    if len(results) > 1:
+        why += f"; {statuses.count(HOLDS)}/{len(results)} models pass"
+    return Verdict(status, value=decide[3] if math.isfinite(decide[3]) else None, n=decide[4], reason=why,
+                   where=decide[2])
+
+
 def _bh(p: Sequence[float]) -> np.ndarray:
     """Benjamini-Hochberg adjusted p-values (scipy's, NaN-safe)."""
     from scipy.stats import false_discovery_control
@@ -413,7 +465,7 @@ def _evaluate(frame: pd.DataFrame, claim: Mapping[str, Any]) -> Verdict:
     rows = rows_all[rows_all["status"] == "ok"] if len(rows_all) else rows_all
     if rows.empty:
         return Verdict(UNTESTABLE, reason=_not_ok_reason(rows_all, series) + _what_exists(frame, claim))
-    rows = _pick(rows, claim.get("at", "all" if test == "relates" else "last"))
+    rows = _pick(rows, claim.get("at", "all" if test in ("relates", "shift") else "last"))
     req = claim.get("require")
     flagged: list[str] = []
     if req:
@@ -435,6 +487,8 @@ def _evaluate(frame: pd.DataFrame, claim: Mapping[str, Any]) -> Verdict:
         return _trend(claim, rows)
     if test == "relates":
         return _relates(claim, frame, rows)
+    if test == "shift":
+        return _shift(claim, frame, rows)
     ref_rows = None
     if "ref" in claim:
         ref_rows = select(frame, claim["ref"], claim.get("models"), claim.get("where"))

@@ -43,9 +43,15 @@ from . import bnsl
 logger = logging.getLogger(__name__)
 
 SOURCES = ("auto", "records", "history")
-#: the authors' transient cut (100 steps) as a fraction of their run length (262,144 steps):
-#: robust mode cuts ``TRANSIENT_FRACTION * last step``, which is 100 on the authors' runs
-TRANSIENT_FRACTION = 100 / 262_144
+#: the authors' run length (OLMo runs of 262,144 steps), against which their constants are set
+AUTHORS_STEPS = 262_144
+#: the authors' transient cut (100 steps) as a fraction of their run length: ``min_step: auto``
+#: cuts ``transient_fraction * last step`` (100 on the authors' runs, 2.3 on a 6000-step run)
+TRANSIENT_FRACTION = 100 / AUTHORS_STEPS
+#: the authors' break guess (``d1_est = 6000`` steps) as a fraction of their run length: zsl's
+#: ``break_guess: auto`` is ``BREAK_FRACTION * last step`` (6000 on the authors' runs)
+BREAK_FRACTION = bnsl.ZSL_BREAK_GUESS / AUTHORS_STEPS
+AUTO = "auto"
 X_KEYS = ("step", "tokens_seen")
 AUTO_BOOL = ("auto", True, False)
 HEADLINE = ("t_d", "L_d", "r_d", "loss_extrapolated", "rsle")
@@ -63,13 +69,21 @@ def _auto_bool(key: str, value: Any) -> str | bool:
     return value
 
 
-def _guesses(value: Any) -> list[float] | None:
-    if value is None:
-        return None
+def _guesses(value: Any) -> list[float] | str:
+    if value is None or (isinstance(value, str) and value.lower() == AUTO):
+        return AUTO
     guesses = [value] if isinstance(value, (int, float)) else list(value)
     if any(isinstance(g, bool) or not isinstance(g, (int, float)) for g in guesses):
         raise TypeError("break_guess")
     return sorted(float(g) for g in guesses)
+
+
+def _min_step(value: Any) -> float | str:
+    if value is None or (isinstance(value, str) and value.lower() == AUTO):
+        return AUTO
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        raise TypeError("min_step")
+    return float(value)
 
 
 def _grid(value: Any) -> dict[str, list[float]] | None:
@@ -100,16 +114,24 @@ class DecelerationMetric(Metric):
         mode: str = param("robust", "robust (any curve: floor, breaks from the data, multi-start, bounds) | zsl "
                           "(Mircea et al.'s exact fit) | caballero (BNSL repo)", choices=bnsl.MODES)
         n_breaks: int = param(1, "breaks in the law; t_d, L_d, r_d are about the first", ge=1, le=MAX_BREAKS)
-        break_guess: list[float] | None = param(
-            None, "initial break(s); null = robust: from the data (hinge fit); zsl: the authors' 6000 steps "
-            "when inside the data, else spread",
-            gt=0, convert=_guesses, allowed="null or n_breaks positive number(s) (one per break)")
+        break_guess: Any = param(
+            AUTO, "initial break(s); auto = adapted to the run: robust: from the data (hinge fit); zsl: the "
+            "authors' 6000/262144 of the last step (6000 on their runs; break_fraction); or n_breaks numbers",
+            convert=_guesses, allowed="auto or n_breaks positive number(s) (one per break)")
         smooth: Any = param("auto", "authors' log moving average; auto = on for a uniformly logged history in "
                             "zsl mode", convert=lambda v: _auto_bool("smooth", v), allowed="auto, true or false")
         subsample: Any = param("auto", "authors' log-spaced subsampling; auto = on for a history in zsl mode",
                                convert=lambda v: _auto_bool("subsample", v), allowed="auto, true or false")
-        min_step: float | None = param(None, "drop transient steps <= this; null = 100 in zsl (as the authors), "
-                                       "100/262144 of the last step in robust, 0 in caballero", ge=0)
+        min_step: Any = param(AUTO, "drop transient steps <= this; auto = transient_fraction x the last step "
+                              "in robust and zsl (100 on the authors' 262144-step runs), 0 in caballero; "
+                              "min_step=100 is the authors' literal cut", convert=_min_step,
+                              allowed="auto or a number >= 0")
+        transient_fraction: float = param(TRANSIENT_FRACTION, "min_step=auto cuts this fraction of the run "
+                                          "(default the authors' 100/262144)", ge=0, lt=1,
+                                          hash_default=False)
+        break_fraction: float = param(BREAK_FRACTION, "zsl's break_guess=auto: this fraction of the run "
+                                      "(default the authors' 6000/262144)", gt=0, lt=1,
+                                      hash_default=False)
         target: float | None = param(None, "x at which to extrapolate the loss; null = the curve's last x", gt=0)
         bounds: bool = param(False, "zsl/caballero: f in [1e-3, 10], breaks inside the data range, b > 0, "
                              "a >= 0 (robust: always)")
@@ -128,9 +150,10 @@ class DecelerationMetric(Metric):
 
         def check(self) -> None:
             """break_guess has one value per break; the caballero grid names known parameters."""
-            if self.break_guess is not None and len(self.break_guess) != self.n_breaks:
+            if self.break_guess != AUTO and (len(self.break_guess) != self.n_breaks
+                                             or not all(g > 0 for g in self.break_guess)):
                 raise ParameterError("break_guess", self.break_guess,
-                                     f"null or {self.n_breaks} positive number(s) (one per break)")
+                                     f"auto or {self.n_breaks} positive number(s) (one per break)")
             if self.grid is not None:
                 try:
                     bnsl._caballero_ranges(self.grid, self.n_breaks)
@@ -173,11 +196,15 @@ class DecelerationMetric(Metric):
         subsample = self.cfg["subsample"]
         if subsample == "auto":
             subsample = bool(zsl and source == "history")
+        last = float(steps.max()) if len(steps) else 0.0
         min_step = self.cfg["min_step"]
-        if min_step is None:  # zsl: the authors' 100 steps; robust: the same fraction of this run
-            last = float(steps.max()) if len(steps) else 0.0
-            min_step = 100.0 if zsl else (TRANSIENT_FRACTION * last if mode == "robust" else 0.0)
-        return {"smooth": smooth, "subsample": subsample, "min_step": float(min_step), "uniform_steps": bool(uniform)}
+        if min_step == AUTO:  # the authors' cut scaled to this run's length (caballero: none)
+            min_step = self.cfg["transient_fraction"] * last if mode in ("robust", "zsl") else 0.0
+        guess = self.cfg["break_guess"]
+        if guess == AUTO:  # robust: from the data; zsl: the authors' guess scaled to this run
+            guess = [self.cfg["break_fraction"] * last] if zsl and self.cfg["n_breaks"] == 1 and last > 0 else None
+        return {"smooth": smooth, "subsample": subsample, "min_step": float(min_step), "uniform_steps": bool(uniform),
+                "break_guess": guess}
 
     # ---- measuring -----------------------------------------------------------------------------
     def fit(self, curve: pd.DataFrame, prep: Mapping[str, Any]) -> bnsl.BNSLFit:
@@ -192,7 +219,7 @@ class DecelerationMetric(Metric):
         keep &= steps > prep["min_step"]
         return bnsl.fit_bnsl(
             xs[keep], loss[keep], mode=self.cfg["mode"], n_breaks=self.cfg["n_breaks"],
-            break_guess=self.cfg["break_guess"], bounds=self.cfg["bounds"], n_starts=self.cfg["n_starts"],
+            break_guess=prep.get("break_guess"), bounds=self.cfg["bounds"], n_starts=self.cfg["n_starts"],
             grid=self.cfg["grid"], grid_engine=self.cfg["grid_engine"], maxfev=self.cfg["maxfev"],
         )
 

@@ -24,7 +24,8 @@ from .bnsl import bnsl
 logger = logging.getLogger(__name__)
 
 
-def _fits(records: pd.DataFrame, metric: str) -> list[tuple[str, dict[str, Any]]]:
+def _fits(records: pd.DataFrame, metric: str) -> list[tuple[str, dict[str, Any], str | None]]:
+    """(model_id, fit summary, the flag's reason or None) of every ok ``t_d`` record with a fit."""
     if records is None or len(records) == 0:
         return []
     sel = records[(records["metric"] == metric) & (records["measure"] == "t_d") & (records["status"] == "ok")]
@@ -33,8 +34,10 @@ def _fits(records: pd.DataFrame, metric: str) -> list[tuple[str, dict[str, Any]]
         extra = row.get("extra")
         extra = json.loads(extra) if isinstance(extra, str) else (extra or {})
         fit = extra.get("fit")
+        warning = row.get("warning")
+        flag = warning if isinstance(warning, str) and warning.lower().startswith("flagged") else None
         if fit and fit.get("params") is not None:
-            out.append((str(row["model_id"]), fit))
+            out.append((str(row["model_id"]), fit, flag))
     return out
 
 
@@ -49,30 +52,32 @@ def law_params(fit: dict[str, Any]) -> tuple[float, ...]:
 
 
 def plot_fits(records: pd.DataFrame, out_dir: Path, metric: str = "deceleration") -> list[Path]:
-    """One log-log figure per run: fitted points, the law up to the target, a line at t_d."""
-    import matplotlib
+    """One log-log figure per run: fitted points, the law up to the target, a line at t_d; a t_d the
+    metric flagged (warning ``flagged: ...``) gets its points and the reason, never the law."""
+    from harness.report import plots as RP
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = RP.pyplot()
     out_dir.mkdir(parents=True, exist_ok=True)
     files = []
-    for model_id, fit in _fits(records, metric):
+    for model_id, fit, flag in _fits(records, metric):
         x, y = np.asarray(fit["x"], float), np.asarray(fit["y"], float)
-        params = law_params(fit)
-        hi = max(float(x.max()), float(fit.get("target") or x.max()))
-        grid = np.geomspace(float(x.min()), hi, 400)
         fig, ax = plt.subplots(figsize=(5.5, 4))
-        ax.loglog(x, y, ".", ms=3, alpha=0.6, label="fitted points")
-        ax.loglog(grid, bnsl(grid, *params), "-", lw=1.5, label=f"BNSL fit ({fit['mode']}, RSLE {fit['rsle']:.2g})")
-        ax.axvline(params[4], color="k", ls="--", lw=0.8, label=f"t_d = {params[4]:.4g}")
-        ax.set_xlabel(fit.get("x_key", "step"))
-        ax.set_ylabel("loss")
-        ax.set_title(model_id)
-        ax.legend(fontsize=8)
-        fig.tight_layout()
+        if flag:  # the metric refused this fit: its data and the reason, never the fitted law
+            ax.loglog(x, y, ".", ms=3, alpha=0.6, label=f"fitted points; {flag[:90]}")
+        else:
+            params = law_params(fit)
+            hi = max(float(x.max()), float(fit.get("target") or x.max()))
+            grid = np.geomspace(float(x.min()), hi, 400)
+            ax.loglog(x, y, ".", ms=3, alpha=0.6, label="fitted points")
+            ax.loglog(grid, bnsl(grid, *params), "-", lw=1.5,
+                      label=f"BNSL fit ({fit['mode']}, RSLE {fit['rsle']:.2g})")
+            ax.axvline(params[4], color="k", ls="--", lw=0.8, label=f"t_d = {params[4]:.4g}")
+        unit = fit.get("unit") or ("tokens" if fit.get("x_key") == "tokens_seen" else "steps")
+        ax.set_xlabel(f"{fit.get('x_key', 'step')} ({unit})")
+        ax.set_ylabel("loss (nats)")
+        ax.set_title(f"deceleration: {model_id}", fontsize=9)
+        fig.subplots_adjust(left=0.14, right=0.97, bottom=0.13, top=0.9)
+        RP.legend_below(fig, ax)  # below the axes: inside, it covered the curve's tail
         path = out_dir / f"{metric}_{re.sub(r'[^A-Za-z0-9_.-]+', '_', model_id)}.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        files.append(path)
+        files.append(RP.save(fig, path, dpi=110))
     return files

@@ -1,18 +1,22 @@
 """Offline task data built from Python's own documentation text (`pydoc_data.topics`).
 
-Three lm-eval tasks ship with the project as YAML templates under ``tasks/``; their data is
+Four lm-eval tasks ship with the project as YAML templates under ``tasks/``; their data is
 built here, deterministically, the first time it is needed, into a cache directory::
 
     >>> from harness_plugins.metrics.lm_eval.data import ensure_task_dir
     >>> task_dir = ensure_task_dir(Path("~/.cache/harness/lm_eval").expanduser())
     >>> sorted(p.name for p in task_dir.glob("*.yaml"))
-    ['pydoc_cloze.yaml', 'pydoc_mc.yaml', 'pydoc_ppl.yaml']
+    ['pydoc_cloze.yaml', 'pydoc_mc.yaml', 'pydoc_ppl.yaml', 'pydoc_word.yaml']
 
 * ``pydoc_cloze``: LAMBADA-style last-word prediction. A passage of prose; the model must put
   the highest likelihood on its final word (acc = greedy match, plus perplexity).
 * ``pydoc_mc``: HellaSwag-style continuation. The start of a paragraph and four candidate
   next sentences: the true one and three taken from *other* documents (acc, acc_norm).
 * ``pydoc_ppl``: rolling perplexity over whole paragraphs (word/byte perplexity, bits/byte).
+* ``pydoc_word``: which word comes next? The start of a paragraph and four candidate next
+  words: the true one and three other words *of the same paragraph* (acc, acc_norm; chance
+  0.25). Built so that tiny models trained on this corpus can learn it and sizes order on it
+  (docs/lm_eval.md: why it measures what it claims).
 
 The corpus is the stdlib's ``pydoc_data.topics`` (79 documents of the Python reference), so the
 data needs no download and no file in the repository; the build is a pure function of that
@@ -37,8 +41,8 @@ from harness.atomic import atomic_dir
 logger = logging.getLogger(__name__)
 
 #: bump when the builders change what they produce
-BUILDER_VERSION = "1"
-OFFLINE_TASKS = ("pydoc_cloze", "pydoc_mc", "pydoc_ppl")
+BUILDER_VERSION = "2"
+OFFLINE_TASKS = ("pydoc_cloze", "pydoc_mc", "pydoc_ppl", "pydoc_word")
 DATA_PLACEHOLDER = "@DATA_DIR@"
 SEED = 1234
 
@@ -142,7 +146,47 @@ def build_ppl(docs: dict[str, str]) -> list[dict[str, Any]]:
     ]
 
 
-BUILDERS = {"pydoc_cloze": build_cloze, "pydoc_mc": build_mc, "pydoc_ppl": build_ppl}
+def build_word(docs: dict[str, str], n_choices: int = 4, seed: int = SEED, min_pos: int = 8,
+               max_pos: int = 40) -> list[dict[str, Any]]:
+    """Next-word items: ``context`` (a paragraph's first words), ``choices`` (" word") and ``label``.
+
+    Per prose paragraph of at least 16 words, one position ``pos`` in [min_pos, min(len, max_pos))
+    is drawn with a seeded RNG; the true choice is the word there (alphabetic, >= 3 letters, else
+    the paragraph gives no item), the distractors are other such words *of the same paragraph*
+    (case-insensitively different from it). Same paragraph means same topic and same vocabulary,
+    so neither the subject nor a word's frequency in the document gives the answer away: the
+    model must know which of these words continues this text here (syntax and local meaning).
+    Documents are visited last-first, so the first items (lm-eval's ``limit`` takes the first)
+    come from the documents at the end of the corpus, which the ``val`` split of a build with
+    ``val_fraction >= 0.1`` holds out (docs/lm_eval.md).
+    """
+    rng = random.Random(seed)
+    items = []
+    for name in sorted(docs, reverse=True):
+        for i, para in enumerate(prose_paragraphs(docs[name])):
+            words = para.split()
+            if len(words) < 2 * min_pos:
+                continue
+            pos = rng.randrange(min_pos, min(len(words), max_pos))
+            target = words[pos]
+            if not (target.isalpha() and len(target) >= 3):
+                continue
+            pool: dict[str, str] = {}  # one spelling per word, case-insensitively (first seen)
+            for w in words:
+                if w.isalpha() and len(w) >= 3 and w.lower() != target.lower():
+                    pool.setdefault(w.lower(), w)
+            pool_words = sorted(pool.values())
+            if len(pool_words) < n_choices - 1:
+                continue
+            distractors = rng.sample(pool_words, n_choices - 1)
+            label = rng.randrange(n_choices)
+            choices = distractors[:label] + [target] + distractors[label:]
+            items.append({"id": f"{name}/{i}", "context": " ".join(words[:pos]),
+                          "choices": [" " + c for c in choices], "label": label})
+    return items
+
+
+BUILDERS = {"pydoc_cloze": build_cloze, "pydoc_mc": build_mc, "pydoc_ppl": build_ppl, "pydoc_word": build_word}
 
 
 # ---- materialise task dir ---------------------------------------------------------------

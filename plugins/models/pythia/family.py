@@ -103,7 +103,7 @@ class PythiaFamily(ModelFamily):
         verify_hash: bool = param(True, "local: sha256 of the weights (duplicate-revision check); hub uses the "
                                   "Hub's LFS sha256")
         hf_cache_dir: str | None = param(None, "Hugging Face cache (null = HF_HOME's)")
-        mini: dict[str, Any] = param({"sizes": ["xs", "s", "m", "l"], "steps": 120, "checkpoint_every": 40},
+        mini: dict[str, Any] = param({"sizes": ["xs", "s", "m", "l"], "steps": 1500, "checkpoint_every": 250},
                                      "source=mini: parameters of `python -m harness.build suite=pythia_mini`",
                                      convert=lambda v: {} if v is None else v)
         published: dict[str, Any] = param(
