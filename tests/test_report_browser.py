@@ -19,9 +19,15 @@ import struct
 import subprocess
 from pathlib import Path
 
+import warnings
+
 import pytest
 
 from conftest import run_harness
+
+
+class ScreenshotPath(UserWarning):
+    """Carries the rendered report's PNG path into pytest's warnings summary (the artifact)."""
 
 WIDTH, HEIGHT = 1280, 2400
 
@@ -132,3 +138,6 @@ def test_report_renders_in_chromium(tmp_path, capsys):
     assert png_size(png) == (WIDTH, HEIGHT) and png.stat().st_size > 20_000  # a rendered page, not blank
     with capsys.disabled():
         print(f"\nreport screenshot: {png}")
+    # under pytest-xdist (the default) a worker's print never reaches the terminal; a warning is
+    # shown in the session's warnings summary either way, so the artifact path is always in the output
+    warnings.warn(ScreenshotPath(f"report screenshot: {png}"))

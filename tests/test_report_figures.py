@@ -142,9 +142,9 @@ def test_time_scaling_never_draws_a_fit_through_a_flagged_curve(figures, tmp_pat
     TimeScalingMetric.plots(_time_scaling_records(flag_b=True), tmp_path)
     (fig,) = figures
     fits = _fit_lines(fig)
-    assert [ln.get_label() for ln in fits] == ["toy/a: fit c·tau^-alpha + L0"]  # none for b
+    assert [ln.get_label() for ln in fits] == ["a: fit c·tau^-alpha + L0"]  # none for b
     labels = [t.get_text() for leg in fig.legends for t in leg.get_texts()]
-    assert any(lab.startswith("toy/b: flagged: loss fell to 1e-9") for lab in labels), labels
+    assert any(lab.startswith("b: flagged: loss fell to 1e-9") for lab in labels), labels
     assert not any("1.07e" in lab for lab in labels)  # the flagged fit's parameters are not shown
     assert_readable(fig)
 

@@ -9,7 +9,7 @@ One figure, two panels:
   result the metric refused.
 * right: the local slopes ``-d log(L - L0) / d log tau`` at their window centres (bars: the
   window; error bars: 1 stderr), the 1/3 line, the last window (the asymptotic slope) ringed.
-  Flagged runs' slopes are drawn hollow and named as flagged.
+  Flagged runs' slopes are not drawn (not results; a crash's slopes would set the scale).
 
 The legend sits below the panels (outside the data) and the figure is saved with a tight
 bounding box, so it is never cut off.
@@ -80,8 +80,11 @@ def draw(records: pd.DataFrame, out_dir: Path, metric: str = "time_scaling") -> 
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
     cmap = plt.get_cmap("tab10")
     drawn = 0
+    from harness.report.ranking import short_labels
+
+    names = short_labels(sorted(str(m) for m in fits["model_id"].unique()))
     for i, (_, r) in enumerate(fits.sort_values("model_id").iterrows()):
-        model_id = str(r["model_id"])
+        model_id = names.get(str(r["model_id"]), str(r["model_id"]))
         e = _extra(r["extra"])
         inputs = e.get("inputs") or {}
         tau, loss = np.asarray(inputs.get("tau", []), float), np.asarray(inputs.get("loss", []), float)
@@ -90,7 +93,7 @@ def draw(records: pd.DataFrame, out_dir: Path, metric: str = "time_scaling") -> 
         if not len(tau):
             continue
         colour = cmap(i % 10)
-        flag = flags.get(model_id)
+        flag = flags.get(str(r["model_id"]))
         g = ok[ok["model_id"] == r["model_id"]]
         p = dict(zip(g["measure"], g["value"]))
         if flag is None:
@@ -105,7 +108,7 @@ def draw(records: pd.DataFrame, out_dir: Path, metric: str = "time_scaling") -> 
                       label=f"{model_id}: fit c·tau^-alpha + L0")
         drawn += 1
         slopes = g[g["measure"] == "local_slope"].sort_values("step")
-        if len(slopes):
+        if len(slopes) and flag is None:  # a flagged run's slopes are not results (and would set the scale)
             wins = [_extra(x).get("tau_window") for x in slopes["extra"]]
             good = [(w, v, se) for w, v, se in zip(wins, slopes["value"], slopes["stderr"])
                     if isinstance(w, list) and len(w) == 2 and v is not None and np.isfinite(v)]
@@ -115,17 +118,15 @@ def draw(records: pd.DataFrame, out_dir: Path, metric: str = "time_scaling") -> 
                 hi = np.array([w[1] for w, _, _ in good]) - centre
                 val = np.array([v for _, v, _ in good], float)
                 err = np.array([0.0 if se is None or not np.isfinite(se) else se for _, _, se in good], float)
-                ax2.errorbar(centre, val, xerr=[lo, hi], yerr=err, fmt="o" if flag is None else "o",
-                             mfc=colour if flag is None else "none", color=colour, ms=4, lw=1, capsize=2)
-                if flag is None:
-                    ax2.plot(centre[-1:], val[-1:], "o", ms=11, mfc="none", color=colour)
+                ax2.errorbar(centre, val, xerr=[lo, hi], yerr=err, fmt="o", color=colour, ms=4, lw=1, capsize=2)
+                ax2.plot(centre[-1:], val[-1:], "o", ms=11, mfc="none", color=colour)
     if not drawn:
         plt.close(fig)
         return []
     ax2.set_xscale("log")
     ax2.axhline(1 / 3, color="k", ls=":", lw=1, label="1/3 (Liu et al.)")
     ax2.plot([], [], "o", ms=11, mfc="none", color="grey", label="last window = asymptotic slope")
-    ax2.plot([], [], "o", ms=4, mfc="none", color="grey", label="hollow: flagged run (no power law)")
+    ax2.plot([], [], " ", label="flagged runs: no local slopes drawn (not a power law)")
     tau_label = _tau_label(fits)
     ax.set_xlabel(tau_label)
     ax.set_ylabel(_loss_label(records))
