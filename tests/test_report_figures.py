@@ -56,6 +56,11 @@ def assert_readable(fig):
     for ax in axes:
         assert ax.get_xlabel() and "(" in ax.get_xlabel(), f"x label without a unit: {ax.get_xlabel()!r}"
         assert ax.get_ylabel() and "(" in ax.get_ylabel(), f"y label without a unit: {ax.get_ylabel()!r}"
+    if fig._suptitle is not None and fig._suptitle.get_text():  # the figure title is over no panel's title
+        top = fig._suptitle.get_window_extent(renderer)
+        for ax in axes:
+            if ax.get_title():
+                assert not _overlaps(top, ax.title.get_window_extent(renderer)), "figure title over a panel title"
     legends = list(fig.legends) + [ax.get_legend() for ax in axes if ax.get_legend() is not None]
     assert legends, "figure without a legend"
     whole = fig.get_tightbbox(renderer)  # what savefig(bbox_inches="tight") keeps, in inches

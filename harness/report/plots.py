@@ -55,6 +55,15 @@ def axis_label(frame: pd.DataFrame, metric: str, measure: str, task: str | None 
     return f"{series_label(metric, measure, task or None)} ({unit_of(frame, metric, measure)})"
 
 
+def suptitle(fig, text: str, fontsize: int = 10):
+    """The figure's title, above the highest panel artist (two-line panel titles included; the
+    tight save keeps it): never over a panel's title. Call after the layout is final."""
+    renderer = fig.canvas.get_renderer()
+    boxes = [ax.get_tightbbox(renderer) for ax in fig.axes if ax.get_visible()]
+    top = max((b.y1 for b in boxes if b is not None), default=fig.bbox.height) / fig.bbox.height
+    return fig.suptitle(text, fontsize=fontsize, y=max(1.0, top + 0.01), va="bottom")
+
+
 def legend_below(fig, axes, ncol: int | None = None, fontsize: int = 7):
     """One legend for the figure, below the panels (outside every axes), deduplicated by label."""
     seen: dict[str, object] = {}
@@ -151,9 +160,9 @@ def trajectory_plots(frame: pd.DataFrame, out_dir: Path, max_panels: int = MAX_T
         title = series_label(metric, measure, task or None)
         ax.set_title(title + (f"\n({n_flag} flagged values not drawn)" if n_flag else ""), fontsize=9)
         ax.tick_params(labelsize=7)
-    fig.suptitle("observables over training (one line per run)" + (
-        f"; {omitted} more series in the trajectories table" if omitted > 0 else ""), fontsize=10)
+    more = f"; {omitted} more series in the trajectories table" if omitted > 0 else ""
     fig.subplots_adjust(left=0.08, right=0.98, bottom=0.08, top=0.9, hspace=0.6, wspace=0.35)
+    suptitle(fig, "observables over training (one line per run)" + more)
     legend_below(fig, axes)
     return [save(fig, out_dir / "trajectories.png")]
 
@@ -221,9 +230,9 @@ def finite_size(frame: pd.DataFrame, out_dir: Path) -> list[Path]:
         ax.set_xlabel("parameters (count)", fontsize=8)
         ax.set_ylabel(f"value ({unit_of(frame, metric, measure)})", fontsize=8)
         ax.set_title(series_label(metric, measure, task or None), fontsize=9)
-    fig.suptitle("finite size: value vs parameter count at shared steps", fontsize=10)
     path = out_dir / "finite_size.png"
     fig.subplots_adjust(left=0.08, right=0.98, bottom=0.08, top=0.9, hspace=0.5, wspace=0.3)  # tight_layout costs seconds
+    suptitle(fig, "finite size: value vs parameter count at shared steps")
     legend_below(fig, axes)
     return [save(fig, path)]
 
@@ -268,8 +277,8 @@ def scatter(frame: pd.DataFrame, relation: pd.DataFrame, out_dir: Path) -> list[
         ax.set_xlabel(f"{r.observable} ({unit_of(frame, xs[0], xs[1])})", fontsize=8)
         ax.set_ylabel(f"{r.performance} ({unit_of(frame, ys[0], ys[1])})", fontsize=8)
         ax.set_title(f"{r.family}: rho={r.spearman:+.2f}", fontsize=9)
-    fig.suptitle("observable vs performance (checkpoint level; strongest rows)", fontsize=10)
     path = out_dir / "scatter.png"
     fig.subplots_adjust(left=0.08, right=0.98, bottom=0.08, top=0.9, hspace=0.5, wspace=0.3)  # tight_layout costs seconds
+    suptitle(fig, "observable vs performance (checkpoint level; strongest rows)")
     legend_below(fig, axes)
     return [save(fig, path)]

@@ -50,8 +50,8 @@ def draw(records: pd.DataFrame, out_dir: Path) -> list[Path]:
             axis.set_xlabel("step (optimizer updates)")
             axis.set_ylabel(ylabel)
             axis.set_title(title, fontsize=9)
-        fig.suptitle(f"subspace: {model_id}")
         fig.subplots_adjust(left=0.08, right=0.98, bottom=0.14, top=0.85, wspace=0.3)
+        RP.suptitle(fig, f"subspace: {model_id}")
         RP.legend_below(fig, [ax1, ax2])  # below the panels: the dotted chance lines sit low, a legend inside covered them
         path = out_dir / f"subspace_{str(model_id).replace('/', '__').replace(' ', '_')}.png"
         paths.append(RP.save(fig, path, dpi=100))
