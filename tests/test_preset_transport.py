@@ -69,6 +69,9 @@ def test_transport_preset_smoke(preset, tmp_path):
     assert len(dep) and dep["status"].isin(["holds", "does not hold"]).all(), dep[["id", "reason"]]
     assert dep["reason"].str.contains(r"\b[pq] = ").all()
 
+    # the transport figure: exponents per step, real vs both nulls
+    assert (tmp_path / "smoke" / "report" / "figures" / "transport" / "transport_exponents.png").stat().st_size > 10_000
+
     # the relation tables hold a transport observable (labels are `task/measure`, or `metric.measure`)
     measures = set(frame.loc[frame["metric"] == "transport", "measure"].astype(str))
     rows = [o for o in _relation_observables(tmp_path / "smoke" / "report")

@@ -401,7 +401,7 @@ def _relates(spec: Mapping[str, Any], frame: pd.DataFrame, rows: pd.DataFrame) -
     on = list(spec.get("pair", ["size", "step"]))
     given = list(spec.get("given", ["step"]))
     within = spec.get("within", "size")
-    perf = select(frame, perf_sel, spec.get("performance_models"), spec.get("performance_where"))
+    perf = select(frame, perf_sel)
     perf = perf[perf["status"] == "ok"]
     if perf.empty:
         return Verdict(UNTESTABLE, reason=_not_ok_reason(perf, perf_sel) + _what_exists(frame, {"series": perf_sel}))

@@ -247,6 +247,13 @@ class TransportMetric(Metric):
                     yield Measurement("T_norm", t_mean["real"] / t_mean[ch], task=ch,
                                       extra={"definition": f"T_mean(real) / T_mean({ch})"})
 
+    @classmethod
+    def plots(cls, records: Any, out_dir: Path) -> list[Path]:
+        """D, z, delta and the closure residual against step, real vs both nulls (see `plots`)."""
+        from .plots import draw
+
+        return draw(records, out_dir)
+
     # ---- suite scope ----------------------------------------------------------------
     def _load_events(self, row: Any, artifact_root: Path) -> dict[str, np.ndarray] | None:
         try:
