@@ -227,7 +227,7 @@ def model_relation(frame: pd.DataFrame, performance: Sequence[str] | None = None
     return _finish(name, rows, "model", min_runs, verdicts, extra_footer=[
         "points: one per run (final checkpoint for performance and per-checkpoint observables; last "
         "record of trajectory/suite metrics)" + (f"; early step: {early}" if early is not None else ""),
-        "p: exact permutation (all n! pairings for n <= 9); sign: leave-one-run-out subsets keeping the sign; "
+        "p: exact permutation (all n! pairings for n <= 8); sign: leave-one-run-out subsets keeping the sign; "
         "gain: leave-one-run-out R² of baseline + observable minus baseline, bootstrap 95% over runs"])
 
 
@@ -293,7 +293,7 @@ def step_relation(frame: pd.DataFrame, performance: Sequence[str] | None = None,
         verdicts.append((fam, n_steps_seen, "log(1+step)"))
     return _finish(name, rows, "step", min_steps, verdicts, extra_footer=[
         "points: aligned steps; performance averaged over the sizes that all have it at that step (and per size)",
-        "p: permutation over steps (exact for n <= 9); gain: leave-one-step-out R² over log(1+step)"])
+        "p: permutation over steps (exact for n <= 8); gain: leave-one-step-out R² over log(1+step)"])
 
 
 # ---- tables and verdicts ----------------------------------------------------------------------------
