@@ -58,6 +58,21 @@ def run_harness(*overrides: str, cwd: Path | None = None, env: dict[str, str] | 
                           capture_output=True, text=True, timeout=timeout)
 
 
+def relation_observables(report: Path) -> set[str]:
+    """Observable labels of every relation table a report wrote (one csv per level)."""
+    import pandas as pd
+
+    seen: set[str] = set()
+    for csv in sorted(Path(report).glob("relation*.csv")):
+        try:
+            t = pd.read_csv(csv)
+        except pd.errors.EmptyDataError:
+            continue
+        if "observable" in t:
+            seen |= set(t["observable"].dropna().astype(str))
+    return seen
+
+
 TINY_TOY = ("model.steps=60", "model.n_checkpoints=6", "model.batch_size=128", "model.eval_batches=1",
             "print_config=false")
 

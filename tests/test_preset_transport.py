@@ -19,7 +19,7 @@ import yaml
 from harness.report.claims import STATUSES
 from harness.store import load_results
 
-from conftest import run_harness
+from conftest import relation_observables, run_harness
 
 ROOT = Path(__file__).resolve().parent.parent
 PRESETS = ROOT / "conf" / "experiment"
@@ -32,18 +32,6 @@ SMOKE = {
     # saves 0, 1, 2, 4, 8: log_spaced (num 6) keeps all of them, 4 difference fields per size
     "pythia_transport": ("model.mini.steps=8", "model.mini.checkpoint_every=8", "+model.mini.threads=1", *FAST),
 }
-
-
-def _relation_observables(report: Path) -> set[str]:
-    seen: set[str] = set()
-    for csv in sorted(report.glob("relation*.csv")):
-        try:
-            t = pd.read_csv(csv)
-        except pd.errors.EmptyDataError:
-            continue
-        if "observable" in t:
-            seen |= set(t["observable"].dropna().astype(str))
-    return seen
 
 
 @pytest.mark.parametrize("preset", sorted(SMOKE))
@@ -74,7 +62,7 @@ def test_transport_preset_smoke(preset, tmp_path):
 
     # the relation tables hold a transport observable (labels are `task/measure`, or `metric.measure`)
     measures = set(frame.loc[frame["metric"] == "transport", "measure"].astype(str))
-    rows = [o for o in _relation_observables(tmp_path / "smoke" / "report")
+    rows = [o for o in relation_observables(tmp_path / "smoke" / "report")
             if o.startswith("transport.") or o.split(" ")[0].rpartition("/")[2] in measures]
     assert any(o.split(" ")[0].rpartition("/")[2] in ("v_rel", "T_norm") for o in rows), sorted(rows)[:20]
 

@@ -19,7 +19,7 @@ import yaml
 from harness.report.claims import STATUSES
 from harness.store import load_results
 
-from conftest import run_harness
+from conftest import relation_observables, run_harness
 
 ROOT = Path(__file__).resolve().parent.parent
 PRESETS = ROOT / "conf" / "experiment"
@@ -33,18 +33,6 @@ SMOKE = {
     "zsl_deceleration": (TINY_SUITE, "interference"),
     "pythia_mini_demo": (TINY_SUITE + ("checkpoints.steps=[0,20,40]", "metric.lm_eval.limit=16"), "deceleration"),
 }
-
-
-def _relation_observables(report: Path) -> set[str]:
-    seen: set[str] = set()
-    for csv in sorted(report.glob("relation*.csv")):
-        try:
-            t = pd.read_csv(csv)
-        except pd.errors.EmptyDataError:
-            continue
-        if "observable" in t:
-            seen |= set(t["observable"].dropna().astype(str))
-    return seen
 
 
 @pytest.mark.parametrize("preset", sorted(SMOKE))
@@ -71,6 +59,6 @@ def test_zsl_and_demo_presets_smoke(preset, tmp_path):
     # a relation row for an observable of the training-dynamics metric
     measures = set(frame.loc[frame["metric"] == dynamics, "measure"].astype(str))
     assert measures, f"{dynamics} wrote no records"
-    rows = [o for o in _relation_observables(tmp_path / "smoke" / "report")
+    rows = [o for o in relation_observables(tmp_path / "smoke" / "report")
             if o.startswith(f"{dynamics}.") or o.rpartition("/")[2] in measures]
     assert rows, f"no relation row for a {dynamics} observable"

@@ -18,7 +18,7 @@ import yaml
 from harness.report.claims import STATUSES
 from harness.store import load_results
 
-from conftest import run_harness
+from conftest import relation_observables, run_harness
 
 ROOT = Path(__file__).resolve().parent.parent
 PRESETS = ROOT / "conf" / "experiment"
@@ -32,19 +32,6 @@ SMOKE = {
     "gd_subspace": (("model.d=16", "model.steps=200", "model.batch_size=128", "model.n_checkpoints=5",
                      "model.seeds=[0]", "model.eval_batches=1"), "subspace"),
 }
-
-
-def _relation_observables(report: Path) -> set[str]:
-    """Observable labels of every relation table the report wrote (one csv per level)."""
-    seen: set[str] = set()
-    for csv in sorted(report.glob("relation*.csv")):
-        try:
-            t = pd.read_csv(csv)
-        except pd.errors.EmptyDataError:
-            continue
-        if "observable" in t:
-            seen |= set(t["observable"].dropna().astype(str))
-    return seen
 
 
 def _is_from(label: str, metric: str, measures: set[str]) -> bool:
@@ -75,7 +62,7 @@ def test_preset_smoke(preset, tmp_path):
     # a relation row for an observable of the training-dynamics metric
     measures = set(frame.loc[frame["metric"] == dynamics, "measure"].astype(str))
     assert measures, f"{dynamics} wrote no records"
-    rows = [o for o in _relation_observables(tmp_path / "smoke" / "report") if _is_from(o, dynamics, measures)]
+    rows = [o for o in relation_observables(tmp_path / "smoke" / "report") if _is_from(o, dynamics, measures)]
     assert rows, f"no relation row for a {dynamics} observable (measures: {sorted(measures)})"
 
 
