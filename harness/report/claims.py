@@ -267,6 +267,14 @@ def _trend(spec: Mapping[str, Any], rows: pd.DataFrame) -> Verdict:
                    where=f"{len(pts)} points: value {word} with {by}?")
 
 
+def _quantifier(spec: Mapping[str, Any]) -> str:
+    """The claim's ``quantifier`` (``all``, the default, or ``any``)."""
+    quant = spec.get("quantifier", "all")
+    if quant not in ("all", "any"):
+        raise ValueError(f"quantifier must be all or any, got {quant!r}")
+    return quant
+
+
 def _shift(spec: Mapping[str, Any], frame: pd.DataFrame, rows: pd.DataFrame) -> Verdict:
     """Before/after comparison within each model around the step a ``split`` series gives."""
     from scipy.stats import mannwhitneyu
@@ -301,9 +309,7 @@ def _shift(spec: Mapping[str, Any], frame: pd.DataFrame, rows: pd.DataFrame) -> 
         why = (f"{where}: mean after - before = {diff:+.3g} ({len(after)} vs {len(before)} points), "
                f"one-sided Mann-Whitney p = {p:.3g} ({'<=' if p <= alpha else '>'} {alpha:g})")
         results.append((HOLDS if ok else FAILS, why, where, diff, len(g)))
-    quant = spec.get("quantifier", "all")
-    if quant not in ("all", "any"):
-        raise ValueError(f"quantifier must be all or any, got {quant!r}")
+    quant = _quantifier(spec)
     order = (HOLDS, UNTESTABLE, FAILS) if quant == "any" else (FAILS, UNTESTABLE, HOLDS)
     statuses = [r[0] for r in results]
     status = next(s for s in order if s in statuses)
@@ -315,25 +321,15 @@ def _shift(spec: Mapping[str, Any], frame: pd.DataFrame, rows: pd.DataFrame) -> 
                    where=decide[2])
 
 
-def _bh(p: Sequence[float]) -> np.ndarray:
-    """Benjamini-Hochberg adjusted p-values (scipy's, NaN-safe)."""
-    from scipy.stats import false_discovery_control
-
-    p = np.asarray(p, float)
-    out = np.full(p.shape, np.nan)
-    ok = np.isfinite(p)
-    if ok.any():
-        out[ok] = false_discovery_control(p[ok])
-    return out
-
-
 def departure_pvalues(diffs: Sequence[float], stderrs: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
     """Two-sided normal p-values of ``diff / stderr`` and their BH adjustment (= p for one row)."""
     from scipy.stats import norm
 
+    from harness.report.stats import bh
+
     z = np.asarray(diffs, float) / np.asarray(stderrs, float)
     p = 2 * norm.sf(np.abs(z))
-    return p, (_bh(p) if p.size > 1 else p)
+    return p, (bh(p) if p.size > 1 else p)
 
 
 def _differs(spec: Mapping[str, Any], rows: pd.DataFrame, ref_rows: pd.DataFrame | None) -> Verdict:
@@ -362,9 +358,7 @@ def _differs(spec: Mapping[str, Any], rows: pd.DataFrame, ref_rows: pd.DataFrame
         return Verdict(UNTESTABLE, reason=why)
     p, q = departure_pvalues([c[0] for c in cases], [c[1] for c in cases])
     passed = q <= alpha
-    quant = spec.get("quantifier", "all")
-    if quant not in ("all", "any"):
-        raise ValueError(f"quantifier must be all or any, got {quant!r}")
+    quant = _quantifier(spec)
     ok = bool(passed.any() if quant == "any" else passed.all())
     # the deciding case: the strongest departure when `any` holds, else the weakest
     i = int(np.argmin(q)) if (quant == "any") == ok else int(np.argmax(q))
@@ -506,14 +500,8 @@ def _evaluate(frame: pd.DataFrame, claim: Mapping[str, Any]) -> Verdict:
         if test == "equals" and isinstance(r.get("message"), str) and r["message"]:
             why += f" ({r['message']})"  # a flag's value says little without its metric's reason
         results.append((status, why, r, v))
-    quant = claim.get("quantifier", "all")
     statuses = [s for s, *_ in results]
-    if quant == "any":
-        order = (HOLDS, UNTESTABLE, FAILS)
-    elif quant == "all":
-        order = (FAILS, UNTESTABLE, HOLDS)
-    else:
-        raise ValueError(f"quantifier must be all or any, got {quant!r}")
+    order = (HOLDS, UNTESTABLE, FAILS) if _quantifier(claim) == "any" else (FAILS, UNTESTABLE, HOLDS)
     status = next(s for s in order if s in statuses)
     # show the deciding case: among the results with the overall status, the one closest to
     # the other side (the weakest pass, or the worst failure)
